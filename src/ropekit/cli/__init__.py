@@ -1,0 +1,1 @@
+"""The ``ropekit`` command line."""

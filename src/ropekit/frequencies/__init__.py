@@ -1,0 +1,15 @@
+"""Frequency math: the unscaled spectrum and the context-extension methods."""
+
+from .base import MAX_EXACT_POSITION, inv_freq, inv_freq_half_index, rotary_lanes
+from .scaling import SCALINGS, Scaling, register, scaling_from_dict
+
+__all__ = [
+    "MAX_EXACT_POSITION",
+    "SCALINGS",
+    "Scaling",
+    "inv_freq",
+    "inv_freq_half_index",
+    "register",
+    "rotary_lanes",
+    "scaling_from_dict",
+]

@@ -1,0 +1,141 @@
+"""``RotaryEmbedding``: the ``nn.Module`` that rotates queries and keys.
+
+Notation: ``b`` batch, ``h_q``/``h_k`` query/key heads (GQA allows ``h_k != h_q``),
+``s`` sequence length, ``d`` head dim, ``n`` rotated pairs.
+
+Design: the module holds only its :class:`~ropekit.RopeConfig`, no tensors. Tables are
+built for the positions of each call, in float64, and rounded once (see
+:mod:`ropekit.tables.cos_sin`). Consequences, all deliberate:
+
+* ``module.to(torch.bfloat16)``/``.half()`` cannot degrade the tables: there is no
+  buffer for them to cast.
+* meta-device construction followed by ``to_empty`` needs nothing re-initialised.
+* results depend only on the arguments of the call, never on earlier calls (no cache
+  that grows, shrinks or is keyed by history), so any sequence length works and memory
+  is bounded by the call's own ``[s, n]`` (or ``[b, s, n]``) tables.
+
+The price is ``2 * s * n`` float64 cos/sin per call, shared by q and k and by all heads
+(about 1% of the rotation work at ``b*h = 32``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..apply.rotate import apply_rope, compute_dtype
+from ..config import RopeConfig
+from ..errors import RopeValueError, check_int, check_tensor
+
+__all__ = ["RotaryEmbedding", "default_positions"]
+
+
+def default_positions(
+    seq_len: int, offset: int | torch.Tensor = 0, *, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``offset + arange(seq_len)``: ``[s]`` for an int offset, ``[b, s]`` for a ``[b]`` tensor.
+
+    Positions are int64 regardless of any floating dtype around them, so they stay exact.
+    """
+    if isinstance(offset, torch.Tensor):
+        if offset.ndim != 1 or offset.is_floating_point() or offset.dtype == torch.bool:
+            raise RopeValueError(
+                f"offset of shape {tuple(offset.shape)} and dtype {offset.dtype} is not allowed: "
+                "expected an int or a 1-D integer tensor [b]"
+            )
+        steps = torch.arange(seq_len, device=offset.device, dtype=torch.int64)
+        return offset.to(torch.int64)[:, None] + steps
+    check_int("offset", offset)
+    return torch.arange(offset, offset + seq_len, device=device, dtype=torch.int64)
+
+
+class RotaryEmbedding(nn.Module):
+    """Applies RoPE to queries and keys as configured by ``config``.
+
+    Example:
+        >>> rope = RotaryEmbedding(RopeConfig(head_dim=64, theta=10000.0))
+        >>> q, k = torch.randn(2, 8, 16, 64), torch.randn(2, 2, 16, 64)
+        >>> q_rot, k_rot = rope(q, k)                    # positions 0..15
+        >>> q_next, k_next = rope(q[:, :, :1], k[:, :, :1], offset=16)  # decoding
+    """
+
+    def __init__(self, config: RopeConfig) -> None:
+        super().__init__()
+        if not isinstance(config, RopeConfig):
+            raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
+        self.config = config
+
+    def extra_repr(self) -> str:
+        return repr(self.config)
+
+    def cos_sin(
+        self,
+        positions: torch.Tensor,
+        *,
+        dtype: torch.dtype = torch.float32,
+        seq_len: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables ``[*P, n]`` for ``positions`` ``[*P]``, with the config's scaling."""
+        return self.config.cos_sin(positions, seq_len=seq_len, dtype=dtype)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        *,
+        offset: int | torch.Tensor = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate ``q`` ``[b, h_q, s, d]`` and ``k`` ``[b, h_k, s, d]``.
+
+        Args:
+            q, k: floating tensors with equal ``b``, ``s`` and ``d == config.head_dim``.
+            positions: ``[s]`` (shared by the batch) or ``[b, s]`` (per row, e.g. left
+                padding or packed sequences) integer positions. Defaults to
+                ``offset + arange(s)``.
+            offset: int, or ``[b]`` integer tensor, used when ``positions`` is None
+                (the number of tokens already in the KV cache).
+
+        Returns:
+            ``(q_rot, k_rot)`` with the shapes and dtypes of ``q`` and ``k``.
+        """
+        check_tensor("q", q)
+        check_tensor("k", k)
+        if q.ndim != 4 or k.ndim != 4:
+            raise RopeValueError(
+                f"q.shape={tuple(q.shape)}, k.shape={tuple(k.shape)}: expected 4-D [b, h, s, d]"
+            )
+        b, _, s, d = q.shape
+        if k.shape[0] != b or k.shape[2] != s or k.shape[3] != d:
+            raise RopeValueError(
+                f"q.shape={tuple(q.shape)} and k.shape={tuple(k.shape)} do not match: expected "
+                "equal batch, sequence and head dims ([b, h_q, s, d] and [b, h_k, s, d])"
+            )
+        if d != self.config.head_dim:
+            raise RopeValueError(
+                f"q.shape[-1]={d} is not allowed: expected head_dim={self.config.head_dim}"
+            )
+        if positions is None:
+            positions = default_positions(s, offset, device=q.device)
+        else:
+            check_tensor("positions", positions)
+            if tuple(positions.shape) not in ((s,), (b, s)):
+                raise RopeValueError(
+                    f"positions.shape={tuple(positions.shape)} is not allowed: expected [s]=({s},) "
+                    f"or [b, s]=({b}, {s})"
+                )
+        seq_len = None
+        if self.config.method.depends_on_seq_len:
+            seq_len = int(positions.max()) + 1
+        # Tables in float32 for half/float32 inputs (float64 for float64 inputs): the
+        # rotation itself runs in that dtype, so rounding them to bf16 first would only
+        # add error.
+        table_dtype = compute_dtype(torch.promote_types(q.dtype, k.dtype))
+        cos, sin = self.cos_sin(positions, dtype=table_dtype, seq_len=seq_len)
+        if positions.ndim == 2:  # [b, s, n] -> [b, 1, s, n], shared by all heads
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        inter = self.config.interleaved
+        return (
+            apply_rope(q, cos, sin, interleaved=inter),
+            apply_rope(k, cos, sin, interleaved=inter),
+        )

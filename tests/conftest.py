@@ -1,0 +1,53 @@
+"""Shared test helpers: oracles from installed peers, tolerance tables, strategies."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from hypothesis import HealthCheck, settings
+
+# The machine is small and shared: no per-example deadline, a fixed example budget, and
+# derandomized so that a CI failure reproduces locally.
+settings.register_profile(
+    "ropekit",
+    deadline=None,
+    max_examples=40,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("ropekit")
+
+# Per-dtype tolerances against the float64 reference: about one rounding step of the
+# output dtype (relative eps * |value|), plus an absolute floor for values near zero.
+# Rotation of a unit-scale vector is computed in float32 and rounded once, so fp16/bf16
+# results must be within one ulp of the exact rotation (atol covers the near-zero tail).
+TOL: dict[torch.dtype, dict[str, float]] = {
+    torch.float64: {"rtol": 1e-12, "atol": 1e-12},
+    torch.float32: {"rtol": 2e-6, "atol": 2e-6},
+    torch.float16: {"rtol": 2**-10, "atol": 2**-14},
+    torch.bfloat16: {"rtol": 2**-7, "atol": 2**-10},
+}
+
+
+def load_meta_functions(relpath: str, names: list[str]) -> dict[str, Any]:
+    """Load top-level functions ``names`` from a file of the installed ``llama_models``.
+
+    Meta's reference model files import ``fairscale`` (model parallel layers) at the top,
+    which is not installable here without a source build. The RoPE functions themselves
+    need only ``torch`` and ``math``, so we parse the file and execute just those
+    definitions: the oracle is Meta's own code, unmodified.
+    """
+    spec = importlib.util.find_spec("llama_models")
+    assert spec is not None and spec.origin is not None, "llama-models (a test dependency) is missing"
+    path = Path(spec.origin).parent / relpath
+    tree = ast.parse(path.read_text())
+    wanted = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    missing = set(names) - {n.name for n in wanted}
+    assert not missing, f"{missing} not found in {path}"
+    namespace: dict[str, Any] = {"torch": torch, "math": __import__("math")}
+    exec(compile(ast.Module(body=wanted, type_ignores=[]), str(path), "exec"), namespace)
+    return {name: namespace[name] for name in names}

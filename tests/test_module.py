@@ -1,0 +1,146 @@
+"""RotaryEmbedding: positions, offsets, GQA, dtype changes, meta init, no call history."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ropekit
+from ropekit import reference
+from tests.conftest import TOL
+
+CFG = ropekit.RopeConfig(head_dim=16, theta=10000.0)
+
+
+def qk(b=2, hq=4, hk=2, s=6, d=16, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(b, hq, s, d, generator=g, dtype=dtype),
+        torch.randn(b, hk, s, d, generator=g, dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_gqa_default_positions_match_reference(interleaved: bool) -> None:
+    rope = ropekit.RotaryEmbedding(CFG.replace(interleaved=interleaved))
+    q, k = qk()
+    q_rot, k_rot = rope(q, k)
+    freqs = ropekit.inv_freq(16)
+    pos = torch.arange(6)
+    torch.testing.assert_close(q_rot, reference.apply(q, pos, freqs, interleaved=interleaved), **TOL[torch.float64])
+    torch.testing.assert_close(k_rot, reference.apply(k, pos, freqs, interleaved=interleaved), **TOL[torch.float64])
+
+
+def test_offset_decoding_equals_prefill() -> None:
+    rope = ropekit.RotaryEmbedding(CFG)
+    q, k = qk(s=10)
+    full_q, full_k = rope(q, k)
+    for t in range(10):
+        step_q, step_k = rope(q[:, :, t : t + 1], k[:, :, t : t + 1], offset=t)
+        assert torch.equal(step_q, full_q[:, :, t : t + 1])
+        assert torch.equal(step_k, full_k[:, :, t : t + 1])
+
+
+def test_per_row_positions_and_tensor_offsets() -> None:
+    rope = ropekit.RotaryEmbedding(CFG)
+    q, k = qk(b=3, s=5)
+    offsets = torch.tensor([0, 7, 1000])
+    by_offset = rope(q, k, offset=offsets)
+    positions = offsets[:, None] + torch.arange(5)
+    by_positions = rope(q, k, positions)
+    for i in range(3):
+        row = rope(q[i : i + 1], k[i : i + 1], positions[i])
+        assert torch.equal(by_offset[0][i], row[0][0]) and torch.equal(by_positions[1][i], row[1][0])
+
+
+def test_tables_survive_module_dtype_changes() -> None:
+    q, k = qk(dtype=torch.bfloat16)
+    positions = torch.tensor([0, 1, 5000, 70_000, 1_000_000, 3])
+    fresh = ropekit.RotaryEmbedding(CFG)
+    want = fresh(q, k, positions)
+    for convert in (lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.double()):
+        moved = convert(ropekit.RotaryEmbedding(CFG))
+        got = moved(q, k, positions)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # and the result is the exact rotation, rounded once to bf16 (float32 arithmetic)
+    exact = reference.apply(q.double(), positions, ropekit.inv_freq(16))
+    torch.testing.assert_close(want[0].double(), exact, **TOL[torch.bfloat16])
+
+
+def test_meta_device_init_then_to_empty() -> None:
+    with torch.device("meta"):
+        model = torch.nn.ModuleDict({"rope": ropekit.RotaryEmbedding(CFG), "proj": torch.nn.Linear(4, 4)})
+    model = model.to_empty(device="cpu")
+    q, k = qk()
+    got = model["rope"](q, k)
+    want = ropekit.RotaryEmbedding(CFG)(q, k)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_results_do_not_depend_on_call_history() -> None:
+    q, k = qk(s=4)
+    fresh = ropekit.RotaryEmbedding(CFG)(q, k, torch.tensor([3, 9, 20, 40]))
+    used = ropekit.RotaryEmbedding(CFG)
+    for length in (1, 4096, 3, 100_000):  # long, short, long: any cache would change state
+        used(*qk(b=1, hq=1, hk=1, s=1), offset=length)
+    again = used(q, k, torch.tensor([3, 9, 20, 40]))
+    assert torch.equal(fresh[0], again[0]) and torch.equal(fresh[1], again[1])
+    assert list(used.buffers()) == [] and list(used.parameters()) == []
+
+
+def test_odd_and_partial_head_dims() -> None:
+    for cfg in (ropekit.RopeConfig(head_dim=9), ropekit.RopeConfig(head_dim=12, rotary_dim=4)):
+        q, k = qk(d=cfg.head_dim)
+        q_rot, _ = ropekit.RotaryEmbedding(cfg)(q, k)
+        want = reference.apply(q, torch.arange(6), cfg.inv_freq())
+        torch.testing.assert_close(q_rot, want, **TOL[torch.float64])
+        assert torch.equal(q_rot[..., 2 * cfg.n_pairs :], q[..., 2 * cfg.n_pairs :])
+
+
+def test_gradients_flow_and_match_gradcheck() -> None:
+    rope = ropekit.RotaryEmbedding(ropekit.RopeConfig(head_dim=6, interleaved=True))
+    q, k = qk(b=1, hq=2, hk=1, s=3, d=6)
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda q, k: rope(q, k, offset=11), (q, k))
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda r: r(torch.ones(2, 6, 16), torch.ones(2, 6, 16)), "expected 4-D"),
+        (lambda r: r(torch.ones(1, 2, 6, 16), torch.ones(1, 2, 5, 16)), "do not match"),
+        (lambda r: r(torch.ones(1, 2, 6, 16), torch.ones(2, 2, 6, 16)), "do not match"),
+        (lambda r: r(torch.ones(1, 2, 6, 8), torch.ones(1, 2, 6, 8)), "head_dim=16"),
+        (lambda r: r(torch.ones(1, 2, 6, 16), torch.ones(1, 2, 6, 16), torch.arange(5)), "positions.shape=(5,)"),
+        (lambda r: r(torch.ones(1, 2, 6, 16), torch.ones(1, 2, 6, 16), offset=1.5), "offset=1.5"),
+        (
+            lambda r: r(torch.ones(1, 2, 6, 16), torch.ones(1, 2, 6, 16), offset=torch.tensor([0.5])),
+            "offset of shape",
+        ),
+        (lambda r: r(torch.ones(1, 2, 6, 16, dtype=torch.int64), torch.ones(1, 2, 6, 16)), "x.dtype=torch.int64"),
+    ],
+)
+def test_bad_input_raises(call, needle: str) -> None:
+    with pytest.raises(ropekit.RopeValueError) as info:
+        call(ropekit.RotaryEmbedding(CFG))
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"head_dim": 0}, "head_dim=0"),
+        ({"head_dim": 8, "theta": float("inf")}, "theta=inf"),
+        ({"head_dim": 8, "rotary_dim": 5}, "rotary_dim=5"),
+        ({"head_dim": 8, "interleaved": 1}, "interleaved=1"),
+        ({"head_dim": 8, "scaling": {"rope_type": "linear"}}, "scaling="),
+        ({"head_dim": 8, "max_position": 0}, "max_position=0"),
+    ],
+)
+def test_config_validates_on_construction(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ropekit.RopeValueError) as info:
+        ropekit.RopeConfig(**kwargs)
+    assert needle in str(info.value)
+    with pytest.raises(ropekit.RopeValueError):
+        ropekit.RotaryEmbedding("not a config")  # type: ignore[arg-type]
