@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from hypothesis import HealthCheck, settings
+
+# Without a GPU, Triton kernels run in its interpreter on CPU tensors. Triton reads the
+# variable when a kernel module is first imported, so it is set before any test module
+# imports ropekit's kernel.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The machine is small and shared: no per-example deadline, a fixed example budget, and
 # derandomized so that a CI failure reproduces locally.

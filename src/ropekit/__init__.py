@@ -9,7 +9,20 @@ from . import reference
 from .apply import apply_rope
 from .config import RopeConfig
 from .errors import RopeValueError
-from .frequencies import SCALINGS, Scaling, inv_freq, inv_freq_half_index
+from .frequencies import (
+    SCALINGS,
+    Dynamic,
+    Linear,
+    Llama3,
+    LongRope,
+    Ntk,
+    Proportional,
+    Scaling,
+    Yarn,
+    inv_freq,
+    inv_freq_half_index,
+    scaling_from_dict,
+)
 from .layout import to_half_layout, to_interleaved_layout
 from .modules import RotaryEmbedding
 from .presets import PRESETS, preset
@@ -20,16 +33,24 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "SCALINGS",
+    "Dynamic",
+    "Linear",
+    "Llama3",
+    "LongRope",
+    "Ntk",
+    "Proportional",
     "RopeConfig",
     "RopeValueError",
     "RotaryEmbedding",
     "Scaling",
+    "Yarn",
     "apply_rope",
     "cos_sin",
     "inv_freq",
     "inv_freq_half_index",
     "preset",
     "reference",
+    "scaling_from_dict",
     "to_half_layout",
     "to_interleaved_layout",
 ]

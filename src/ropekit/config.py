@@ -51,6 +51,10 @@ class RopeConfig:
             )
         if self.max_position is not None:
             check_int("max_position", self.max_position, minimum=1)
+        # The method's own parameters were validated when it was built; here they meet
+        # the model's shape and context (pair counts of LongRoPE lists, original context
+        # not longer than max_position, ...).
+        self.method.check_config(self.head_dim, self.rotary_dim, self.max_position)
 
     @property
     def n_pairs(self) -> int:
@@ -95,3 +99,24 @@ class RopeConfig:
     def replace(self, **changes: Any) -> RopeConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+    @classmethod
+    def from_hf(
+        cls, config: Any, *, layer_type: str | None = None, allow_unknown: bool = False
+    ) -> RopeConfig:
+        """From a ``transformers`` config object or a ``config.json`` dict (4.x or 5.x).
+
+        See :func:`ropekit.integrations.hf_config.from_hf`.
+        """
+        from .integrations.hf_config import from_hf
+
+        return from_hf(config, layer_type=layer_type, allow_unknown=allow_unknown)
+
+    def to_hf(self, *, version: int = 5) -> dict[str, Any]:
+        """The RoPE keys of a Hugging Face ``config.json`` (``from_hf`` reads them back).
+
+        See :func:`ropekit.integrations.hf_config.to_hf`.
+        """
+        from .integrations.hf_config import to_hf
+
+        return to_hf(self, version=version)

@@ -6,6 +6,13 @@ For each rotated pair ``i``: the inverse frequency ``theta_i``, its wavelength
 training: their angles at longer positions were never seen, which is what the scaling
 methods address.
 
+For a scaled configuration (``--preset`` of a scaled family, or ``--hf-config`` of one)
+the table shows the scaled frequencies, and next to them the original wavelength, the
+stretch (scaled / original wavelength) and, for blending methods (linear, YaRN, llama3),
+the interpolation ramp ``r`` (0: pair kept, 1: pair divided by the factor). Methods whose
+tables depend on the length (dynamic NTK, LongRoPE) are shown for a sequence of ``L``
+tokens. The attention factor is printed with the header.
+
 The precision summary compares, at the last position of the context, tables built the
 common way (float32 angle ``pos * inv_freq``, then cos) and ropekit's (float64 angle,
 float64 trig, one rounding) against float64 math.
@@ -14,6 +21,8 @@ float64 trig, one rounding) against float64 math.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 
@@ -21,10 +30,20 @@ import torch
 
 from ..config import RopeConfig
 from ..errors import RopeValueError
+from ..frequencies.scaling import Scaling
 from ..presets import PRESETS, preset
 from ..tables.cos_sin import cos_sin
 
-__all__ = ["PairRow", "pair_rows", "register", "run", "table_error"]
+__all__ = [
+    "PairRow",
+    "ScaleRow",
+    "describe_scaling",
+    "pair_rows",
+    "register",
+    "run",
+    "scale_rows",
+    "table_error",
+]
 
 DEFAULT_CONTEXT = 4096
 
@@ -41,8 +60,30 @@ def pair_rows(inv_freq: torch.Tensor, context: int) -> list[PairRow]:
     """One row per pair: ``wavelength = 2π / inv_freq``, ``rotations = context / wavelength``."""
     rows = []
     for i, f in enumerate(inv_freq.tolist()):
-        wavelength = 2 * math.pi / f
+        # A zero frequency (proportional RoPE's pass-through pairs) never turns.
+        wavelength = 2 * math.pi / f if f > 0 else math.inf
         rows.append(PairRow(i, f, wavelength, context / wavelength))
+    return rows
+
+
+@dataclass(frozen=True)
+class ScaleRow:
+    """What a scaling method did to one pair."""
+
+    original_wavelength: float
+    stretch: float  # scaled / original wavelength (inf for a pair that stops rotating)
+    ramp: float | None  # interpolation weight of blending methods, else None
+
+
+def scale_rows(config: RopeConfig, seq_len: int | None) -> list[ScaleRow]:
+    """Per pair: the unscaled wavelength, the stretch and (if defined) the ramp."""
+    base = Scaling().frequencies(config.head_dim, config.theta, config.rotary_dim, None)[0]
+    scaled = config.inv_freq(seq_len)
+    ramp = config.method.ramp(config.head_dim, config.theta, config.rotary_dim)
+    rows = []
+    for i, (f0, f) in enumerate(zip(base.tolist(), scaled.tolist(), strict=True)):
+        stretch = f0 / f if f > 0 else math.inf
+        rows.append(ScaleRow(2 * math.pi / f0, stretch, None if ramp is None else float(ramp[i])))
     return rows
 
 
@@ -67,17 +108,45 @@ def table_error(inv_freq: torch.Tensor, position: int) -> dict[str, float]:
     return {"fp32_angle": err(naive.cos(), naive.sin()), "ropekit": err(ours_c, ours_s)}
 
 
+def _read_hf_config(args: argparse.Namespace) -> RopeConfig:
+    try:
+        with open(args.hf_config, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise RopeValueError(
+            f"--hf-config={args.hf_config!r} is not readable JSON: {err}"
+        ) from None
+    if not isinstance(data, dict):
+        raise RopeValueError(
+            f"--hf-config={args.hf_config!r} is not allowed: expected a JSON object"
+        )
+    return RopeConfig.from_hf(data, layer_type=args.layer_type, allow_unknown=args.allow_unknown)
+
+
 def _config_from_args(args: argparse.Namespace) -> RopeConfig:
+    given = [opt for opt, v in (("--preset", args.preset), ("--hf-config", args.hf_config),
+                                ("--head-dim", args.head_dim)) if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise RopeValueError(f"{' and '.join(given)} are exclusive: give one of them")
     if args.preset is not None:
-        if args.head_dim is not None:
-            raise RopeValueError("--preset and --head-dim are exclusive: give one of them")
         return preset(args.preset)
+    if args.hf_config is not None:
+        return _read_hf_config(args)
     if args.head_dim is None:
-        raise RopeValueError("no configuration given: expected --preset NAME or --head-dim D")
+        raise RopeValueError(
+            "no configuration given: expected --preset NAME or --head-dim D (or --hf-config FILE)"
+        )
     return RopeConfig(head_dim=args.head_dim, theta=args.theta, rotary_dim=args.rotary_dim)
 
 
-def _plot(rows: list[PairRow], context: int, title: str, path: str) -> None:
+def _plot(
+    rows: list[PairRow],
+    context: int,
+    title: str,
+    path: str,
+    scaled: list[ScaleRow] | None = None,
+    original_context: int | None = None,
+) -> None:
     try:
         import matplotlib
 
@@ -88,12 +157,27 @@ def _plot(rows: list[PairRow], context: int, title: str, path: str) -> None:
             "--plot needs matplotlib: pip install 'ropekit[plot]'"
         ) from err
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.semilogy([r.index for r in rows], [r.wavelength for r in rows], "o-", ms=3, label="wavelength")
+    idx = [r.index for r in rows]
+    finite = [(r.index, r.wavelength) for r in rows if math.isfinite(r.wavelength)]
+    label = "scaled wavelength" if scaled is not None else "wavelength"
+    ax.semilogy([i for i, _ in finite], [w for _, w in finite], "o-", ms=3, label=label)
+    if scaled is not None:
+        ax.semilogy(idx, [r.original_wavelength for r in scaled], "--", color="tab:gray",
+                    label="original wavelength")  # fmt: skip
     ax.axhline(context, color="tab:red", ls="--", label=f"context L = {context}")
+    if original_context is not None and original_context != context:
+        ax.axhline(original_context, color="tab:orange", ls=":",
+                   label=f"original context = {original_context}")  # fmt: skip
     ax.set_xlabel("pair index i")
     ax.set_ylabel("wavelength 2π/θ_i (tokens)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", fontsize=8)
+    if scaled is not None and scaled[0].ramp is not None:
+        ramp_ax = ax.twinx()
+        ramp_ax.plot(idx, [r.ramp for r in scaled], color="tab:green", lw=1, label="ramp r")
+        ramp_ax.set_ylim(-0.05, 1.05)
+        ramp_ax.set_ylabel("interpolation ramp r (0 kept, 1 ÷ factor)")
+        ramp_ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -104,22 +188,42 @@ def run(args: argparse.Namespace) -> int:
     context = args.context if args.context is not None else (config.max_position or DEFAULT_CONTEXT)
     if context < 1:
         raise RopeValueError(f"--context={context} is not allowed: expected a positive int")
-    freqs = config.inv_freq()
+    method = config.method
+    seq_len = context if method.depends_on_seq_len else None
+    freqs, attention = config.frequencies(seq_len)
     rows = pair_rows(freqs, context)
-    name = args.preset or f"head_dim={config.head_dim}"
+    name = args.preset or args.hf_config or f"head_dim={config.head_dim}"
     print(
         f"{name}: head_dim={config.head_dim} rotary_dim={config.rotary_dim or config.head_dim} "
         f"theta={config.theta:g} pairs={config.n_pairs} "
         f"layout={'interleaved' if config.interleaved else 'half'} context={context}"
     )
-    print(f"{'pair':>4} {'inv_freq':>12} {'wavelength':>13} {'turns in L':>12}")
-    for r in rows:
-        print(f"{r.index:>4} {r.inv_freq:>12.6e} {r.wavelength:>13.1f} {r.rotations:>12.3f}")
+    scaled = None if type(method) is Scaling else scale_rows(config, seq_len)
+    if scaled is None:
+        print(f"{'pair':>4} {'inv_freq':>12} {'wavelength':>13} {'turns in L':>12}")
+        for r in rows:
+            print(f"{r.index:>4} {r.inv_freq:>12.6e} {r.wavelength:>13.1f} {r.rotations:>12.3f}")
+    else:
+        at = f", tables for a sequence of {seq_len} tokens" if seq_len is not None else ""
+        print(f"scaling: {describe_scaling(method)}{at}")
+        print(f"attention factor: {attention:.6g} (cos/sin scaled by it, logits by its square)")
+        print(
+            f"{'pair':>4} {'inv_freq':>12} {'wavelength':>13} {'turns in L':>12} "
+            f"{'orig wavelen':>13} {'stretch':>8} {'ramp':>6}"
+        )
+        for r, x in zip(rows, scaled, strict=True):
+            ramp = "-" if x.ramp is None else f"{x.ramp:.3f}"
+            print(
+                f"{r.index:>4} {r.inv_freq:>12.6e} {r.wavelength:>13.1f} {r.rotations:>12.3f} "
+                f"{x.original_wavelength:>13.1f} {x.stretch:>8.3f} {ramp:>6}"
+            )
     slow = [r for r in rows if r.rotations < 1]
     print(
         f"\n{len(slow)} of {len(rows)} pairs never complete one turn within {context} tokens"
         + (f" (pairs {slow[0].index}..{slow[-1].index})" if slow else "")
     )
+    if scaled is not None:
+        _print_scaling_summary(scaled)
     for position in (context - 1, *args.far):
         e = table_error(freqs, position)
         print(
@@ -127,9 +231,45 @@ def run(args: argparse.Namespace) -> int:
             f"ropekit {e['ropekit']:.2e}"
         )
     if args.plot:
-        _plot(rows, context, name, args.plot)
+        title = name if scaled is None else f"{name} ({method.name}, attention {attention:.4g})"
+        original = getattr(method, "original_max_position_embeddings", None)
+        _plot(rows, context, title, args.plot, scaled, original)
         print(f"wrote {args.plot}")
     return 0
+
+
+def describe_scaling(method: Scaling) -> str:
+    """``name(key=value, ...)`` with long factor lists summarised."""
+    parts = []
+    for f in dataclasses.fields(method):
+        value = getattr(method, f.name)
+        if isinstance(value, tuple):
+            value = f"[{len(value)} values {min(value):g}..{max(value):g}]"
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        parts.append(f"{f.name}={value}")
+    return f"{method.name}({', '.join(parts)})"
+
+
+def _print_scaling_summary(scaled: list[ScaleRow]) -> None:
+    stretches = [x.stretch for x in scaled]
+    print(f"stretch of the wavelengths: {min(stretches):.4g} .. {max(stretches):.4g}")
+    frozen = [i for i, x in enumerate(scaled) if math.isinf(x.stretch)]
+    if frozen:
+        print(f"{len(frozen)} pairs do not rotate (pairs {frozen[0]}..{frozen[-1]})")
+    if scaled[0].ramp is None:
+        return
+    kept = [i for i, x in enumerate(scaled) if x.ramp == 0.0]
+    full = [i for i, x in enumerate(scaled) if x.ramp == 1.0]
+    blend = len(scaled) - len(kept) - len(full)
+
+    def span(ix: list[int]) -> str:
+        return f" (pairs {ix[0]}..{ix[-1]})" if ix else ""
+
+    print(
+        f"ramp: {len(kept)} pairs kept{span(kept)}, {len(full)} fully interpolated"
+        f"{span(full)}, {blend} blended"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -144,6 +284,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--head-dim", type=int, help="lanes per head d")
     src.add_argument("--theta", type=float, default=10000.0, help="frequency base (default 1e4)")
     src.add_argument("--rotary-dim", type=int, help="rotate only this many leading lanes")
+    src.add_argument(
+        "--hf-config",
+        metavar="CONFIG.json",
+        help="a Hugging Face config.json (transformers 4.x or 5.x keys)",
+    )
+    src.add_argument(
+        "--layer-type",
+        help="with --hf-config: which layer type's RoPE (e.g. full_attention, sliding_attention)",
+    )
+    src.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="with --hf-config: ignore unknown keys in the RoPE dict instead of failing",
+    )
     p.add_argument("--context", type=int, help="context length L (default: the config's, else 4096)")
     p.add_argument(
         "--far",

@@ -1,12 +1,31 @@
 """Frequency math: the unscaled spectrum and the context-extension methods."""
 
 from .base import MAX_EXACT_POSITION, inv_freq, inv_freq_half_index, rotary_lanes
-from .scaling import SCALINGS, Scaling, register, scaling_from_dict
+from .scaling import (
+    SCALINGS,
+    Dynamic,
+    Linear,
+    Llama3,
+    LongRope,
+    Ntk,
+    Proportional,
+    Scaling,
+    Yarn,
+    register,
+    scaling_from_dict,
+)
 
 __all__ = [
     "MAX_EXACT_POSITION",
     "SCALINGS",
+    "Dynamic",
+    "Linear",
+    "Llama3",
+    "LongRope",
+    "Ntk",
+    "Proportional",
     "Scaling",
+    "Yarn",
     "inv_freq",
     "inv_freq_half_index",
     "register",
