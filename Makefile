@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ropekit inspect --preset llama-3-8b
+	$(BIN)/ropekit extrapolate --out out/extrapolate
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check src tests

@@ -6,7 +6,7 @@ and keys), ``s`` sequence length, ``d`` head dim, ``n`` rotated pairs (``d // 2`
 """
 
 from . import reference
-from .apply import apply_rope
+from .apply import Backend, apply_rope, apply_rope_, apply_rope_qk, apply_rope_qk_
 from .config import RopeConfig
 from .errors import RopeValueError
 from .frequencies import (
@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "SCALINGS",
+    "Backend",
     "Dynamic",
     "Linear",
     "Llama3",
@@ -45,6 +46,9 @@ __all__ = [
     "Scaling",
     "Yarn",
     "apply_rope",
+    "apply_rope_",
+    "apply_rope_qk",
+    "apply_rope_qk_",
     "cos_sin",
     "inv_freq",
     "inv_freq_half_index",

@@ -35,6 +35,11 @@ def check_float(
     name: str, value: Any, *, positive: bool = False, minimum: float | None = None
 ) -> float:
     """Return ``float(value)`` for a finite real number, optionally > 0 or >= ``minimum``."""
+    if torch.compiler.is_compiling():
+        # Under torch.compile(dynamic=True) Python floats can arrive as symbols, on which
+        # math.isfinite would break the graph; every such value was checked when the
+        # config that holds it was built, outside the compiled region.
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(name, value, "a real number")
     v = float(value)

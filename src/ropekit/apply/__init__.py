@@ -1,5 +1,21 @@
-"""Applying the rotation: validation, the torch path (fast backends join here)."""
+"""Applying the rotation: validation, the public functions and their backends."""
 
-from .rotate import apply_rope, check_rope_args, compute_dtype
+from .backends import Backend
+from .rotate import (
+    apply_rope,
+    apply_rope_,
+    apply_rope_qk,
+    apply_rope_qk_,
+    check_rope_args,
+    compute_dtype,
+)
 
-__all__ = ["apply_rope", "check_rope_args", "compute_dtype"]
+__all__ = [
+    "Backend",
+    "apply_rope",
+    "apply_rope_",
+    "apply_rope_qk",
+    "apply_rope_qk_",
+    "check_rope_args",
+    "compute_dtype",
+]

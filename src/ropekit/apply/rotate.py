@@ -15,39 +15,47 @@ Pair layouts (both rotate pair ``i`` by the angle behind ``cos[..., i]``):
 * interleaved (``interleaved=True``; GPT-J, Meta's complex form): lane ``2i`` is paired
   with ``2i + 1``, i.e. ``(x[2i] + j x[2i+1]) * (cos_i + j sin_i)``.
 
-Lanes ``[2n, D)`` are copied through bit for bit. The input is never modified.
+Lanes ``[2n, D)`` are copied through bit for bit. The input is never modified, except by
+the in-place variants (``apply_rope_``, ``apply_rope_qk_``), whose names end in ``_`` as
+torch's do.
+
+Every function takes ``backend`` (:class:`ropekit.Backend` or its string value; see
+:mod:`ropekit.apply.backends`): ``"auto"`` (the default) picks the fastest implementation
+for the tensors' device, the others force one. All of them compute the same rotation:
+products and sums in float32 for half-precision inputs (in ``x.dtype`` otherwise),
+rounded once to ``x.dtype``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..errors import RopeValueError, check_tensor
+from .backends import Backend, rotate
+from .eager import compute_dtype
 
-__all__ = ["apply_rope", "check_rope_args", "compute_dtype"]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Arithmetic dtype for inputs of ``dtype``: float32 for half precision, else itself.
-
-    fp16/bf16 products and sums are rounded at every step; doing the two multiplies and
-    the add in float32 and rounding once keeps the result within one output rounding step.
-    """
-    return torch.promote_types(dtype, torch.float32)
+__all__ = [
+    "apply_rope",
+    "apply_rope_",
+    "apply_rope_qk",
+    "apply_rope_qk_",
+    "check_rope_args",
+    "compute_dtype",
+]
 
 
 def check_rope_args(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> int:
     """Validate the arguments of :func:`apply_rope`; return ``n``, the number of pairs."""
     check_tensor("x", x)
+    _check_tables(cos, sin)
+    return _check_x("x", x, cos, sin)
+
+
+def _check_tables(cos: torch.Tensor, sin: torch.Tensor) -> None:
     check_tensor("cos", cos)
     check_tensor("sin", sin)
-    if not x.is_floating_point():
-        raise RopeValueError(
-            f"x.dtype={x.dtype} is not allowed: expected a floating dtype "
-            "(float16, bfloat16, float32, float64)"
-        )
-    if x.ndim == 0:
-        raise RopeValueError("x is a 0-d tensor: expected at least one (lane) dimension")
     if cos.shape != sin.shape:
         raise RopeValueError(
             f"cos.shape={tuple(cos.shape)} and sin.shape={tuple(sin.shape)} differ: expected equal shapes"
@@ -60,62 +68,226 @@ def check_rope_args(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> in
         raise RopeValueError(
             f"cos.shape={tuple(cos.shape)} is not allowed: expected [..., n] with n >= 1 pairs"
         )
-    if not (x.device == cos.device == sin.device):
+    if not (cos.is_cpu and sin.is_cpu) and cos.device != sin.device:
+        raise RopeValueError(f"cos is on {cos.device}, sin on {sin.device}: expected one device")
+
+
+def _check_x(name: str, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> int:
+    """``x`` against tables already checked by :func:`_check_tables`; returns ``n``."""
+    if not x.is_floating_point():
+        which = "" if name == "x" else f" (x is {name})"
         raise RopeValueError(
-            f"x is on {x.device}, cos on {cos.device}, sin on {sin.device}: expected one device"
+            f"x.dtype={x.dtype} is not allowed{which}: expected a floating dtype "
+            "(float16, bfloat16, float32, float64)"
+        )
+    if x.ndim == 0:
+        raise RopeValueError(f"{name} is a 0-d tensor: expected at least one (lane) dimension")
+    if not (x.is_cpu and cos.is_cpu) and x.device != cos.device:
+        raise RopeValueError(
+            f"{name} is on {x.device}, cos on {cos.device}, sin on {sin.device}: expected one device"
         )
     n = cos.shape[-1]
     if 2 * n > x.shape[-1]:
         raise RopeValueError(
-            f"cos has n={n} pairs, which need 2n={2 * n} lanes, but x.shape[-1]={x.shape[-1]}: "
-            f"expected 2 * cos.shape[-1] <= x.shape[-1]"
+            f"cos has n={n} pairs, which need 2n={2 * n} lanes, but {name}.shape[-1]={x.shape[-1]}: "
+            f"expected 2 * cos.shape[-1] <= {name}.shape[-1]"
         )
-    target = (*x.shape[:-1], n)
-    try:
-        broadcast = torch.broadcast_shapes(cos.shape, target)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != torch.Size(target):
-        raise RopeValueError(
-            f"cos/sin of shape {tuple(cos.shape)} do not broadcast to x[..., :n] of shape "
-            f"{tuple(target)}: expected a shape that broadcasts to it without growing x"
-        )
+    # Right-aligned, each table dim must be 1 or equal to x's (extra leading dims: 1).
+    # A plain loop: torch.broadcast_shapes costs more than a decode-size rotation.
+    xshape, cshape = x.shape, cos.shape
+    for i in range(2, len(cshape) + 1):
+        size = cshape[-i]
+        if size != 1 and (i > len(xshape) or size != xshape[-i]):
+            raise RopeValueError(
+                f"cos/sin of shape {tuple(cshape)} do not broadcast to {name}[..., :n] of shape "
+                f"{(*xshape[:-1], n)}: expected a shape that broadcasts to it without growing "
+                f"{name}"
+            )
     return n
 
 
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise RopeValueError(f"{name}={value!r} is not allowed: expected a bool")
+    return value
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """Byte range ``[start, end)`` that ``t``'s elements can occupy."""
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    start = t.data_ptr()
+    return start, start + (last + 1) * t.element_size()
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` may share memory (conservative: compares byte ranges)."""
+    if not a.numel() or not b.numel() or a.device != b.device:
+        return False
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _check_out(out: object, x: torch.Tensor, name: str, like: str) -> torch.Tensor:
+    """``out`` must look like ``x`` and be ``x`` itself or share no memory with it."""
+    out = check_tensor(name, out)
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise RopeValueError(
+            f"{name} of shape {tuple(out.shape)}, dtype {out.dtype} on {out.device} is not "
+            f"allowed: expected {like}'s shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+        )
+    if any(stride == 0 and size > 1 for size, stride in zip(out.shape, out.stride(), strict=True)):
+        raise RopeValueError(
+            f"{name} has stride 0 in a dim of size > 1 (an expanded tensor): expected a "
+            "tensor whose elements do not share memory"
+        )
+    if torch.compiler.is_compiling():
+        return out  # data pointers are not traceable; the checks above are
+    same = out.data_ptr() == x.data_ptr() and out.stride() == x.stride()
+    if not same and _overlap(out, x):
+        raise RopeValueError(
+            f"{name} overlaps {like} in memory without being {like} itself: expected "
+            f"separate memory, or {like} itself for an in-place rotation"
+        )
+    return out
+
+
 def apply_rope(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    interleaved: bool = False,
+    backend: Backend | str = "auto",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotate the first ``2n`` lanes of ``x`` (``n = cos.shape[-1]``) by the tables.
 
     Args:
-        x: ``[*B, D]`` floating tensor (e.g. ``[b, h, s, d]``).
+        x: ``[*B, D]`` floating tensor (e.g. ``[b, h, s, d]``), any strides.
         cos, sin: ``[*C, n]`` tables (see :func:`ropekit.cos_sin`), broadcastable to
             ``x[..., :n]``; e.g. ``[s, n]`` or ``[b, 1, s, n]``.
         interleaved: pair lanes ``(2i, 2i+1)`` (GPT-J/Meta) instead of ``(i, i+n)``
             (GPT-NeoX/HF).
+        backend: a :class:`ropekit.Backend` or its name (``"auto"``, ``"reference"``,
+            ``"torch"``, ``"cpu"``, ``"compiled"``, ``"triton"``).
+        out: optional ``[*B, D]`` tensor of ``x``'s dtype and device to write into
+            (reuse a buffer, skip an allocation); ``x`` itself is allowed (in place),
+            other memory overlapping ``x`` is not. ``out=`` is not differentiable: with an
+            input that requires grad it raises, as torch's ``out=`` does.
 
     Returns:
-        A new tensor shaped and typed like ``x``. Arithmetic is float32 for
+        A tensor shaped and typed like ``x`` (``out`` if given). Arithmetic is float32 for
         half-precision ``x`` and ``x.dtype`` otherwise; lanes past ``2n`` are unchanged.
+        Differentiable in ``x`` (and in the tables with ``backend="reference"``/``"auto"``).
 
     Example:
         >>> x = torch.tensor([1.0, 0.0, 5.0])
         >>> apply_rope(x, torch.tensor([0.0]), torch.tensor([1.0]))  # 90 degrees
         tensor([0., 1., 5.])
     """
-    n = check_rope_args(x, cos, sin)
-    work = compute_dtype(x.dtype)
-    c, s = cos.to(work), sin.to(work)
-    rot = x[..., : 2 * n].to(work)
-    if interleaved:
-        pairs = rot.unflatten(-1, (n, 2))
-        a, b = pairs[..., 0], pairs[..., 1]
-        out = torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2)
-    else:
-        a, b = rot[..., :n], rot[..., n:]
-        out = torch.cat((a * c - b * s, b * c + a * s), dim=-1)
-    out = out.to(x.dtype)
-    if 2 * n == x.shape[-1]:
-        return out
-    return torch.cat((out, x[..., 2 * n :]), dim=-1)
+    check_rope_args(x, cos, sin)
+    _check_flag("interleaved", interleaved)
+    outs = None if out is None else (_check_out(out, x, "out", "x"),)
+    return rotate((x,), cos, sin, interleaved=interleaved, backend=backend, outs=outs)[0]
+
+
+def apply_rope_(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    interleaved: bool = False,
+    backend: Backend | str = "auto",
+) -> torch.Tensor:
+    """In-place :func:`apply_rope`: overwrite ``x`` with its rotation and return it.
+
+    Saves the output allocation (at prefill sizes a fresh buffer costs page faults with
+    glibc's default allocator). Autograd-safe: the gradient of a rotation needs only the
+    tables, so a non-leaf ``x`` may be rotated in place inside a graph; a leaf that
+    requires grad is refused, as torch refuses in-place ops on such leaves.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0]])
+        >>> _ = apply_rope_(x, torch.tensor([0.0]), torch.tensor([1.0]))
+        >>> x
+        tensor([[0., 1.]])
+    """
+    check_rope_args(x, cos, sin)
+    _check_flag("interleaved", interleaved)
+    return rotate((x,), cos, sin, interleaved=interleaved, backend=backend, inplace=True)[0]
+
+
+def _check_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    check_tensor("q", q)
+    check_tensor("k", k)
+    _check_tables(cos, sin)
+    _check_x("q", q, cos, sin)
+    _check_x("k", k, cos, sin)
+
+
+def apply_rope_qk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    interleaved: bool = False,
+    backend: Backend | str = "auto",
+    out: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate queries and keys by the same tables in one call.
+
+    Equal to ``(apply_rope(q, cos, sin), apply_rope(k, cos, sin))``, but the tables are
+    converted once and, with the ``cpu`` backend, both tensors go through one kernel call
+    (one parallel region; it matters at decode sizes, where the call costs more than the
+    arithmetic). With grouped-query attention ``q`` and ``k`` may have different head
+    counts.
+
+    Args:
+        q, k: ``[*B_q, D]`` and ``[*B_k, D']`` (e.g. ``[b, h_q, s, d]``, ``[b, h_k, s, d]``).
+        cos, sin: ``[*C, n]`` tables broadcastable to both.
+        interleaved, backend: as in :func:`apply_rope`.
+        out: optional pair ``(q_out, k_out)`` to write into (see :func:`apply_rope`).
+
+    Returns:
+        ``(q_rot, k_rot)`` shaped and typed like ``q`` and ``k``.
+    """
+    _check_qk(q, k, cos, sin)
+    _check_flag("interleaved", interleaved)
+    outs = None
+    if out is not None:
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise RopeValueError(
+                f"out={type(out).__name__} is not allowed: expected a pair (q_out, k_out)"
+            )
+        outs = (_check_out(out[0], q, "out[0]", "q"), _check_out(out[1], k, "out[1]", "k"))
+        if not torch.compiler.is_compiling() and (
+            _overlap(outs[0], k) or _overlap(outs[1], q) or _overlap(outs[0], outs[1])
+        ):
+            raise RopeValueError(
+                "out[0] overlaps k, out[1] overlaps q, or out[0] overlaps out[1]: expected "
+                "outputs in separate memory (or q and k themselves, in place)"
+            )
+    q_rot, k_rot = rotate((q, k), cos, sin, interleaved=interleaved, backend=backend, outs=outs)
+    return q_rot, k_rot
+
+
+def apply_rope_qk_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    interleaved: bool = False,
+    backend: Backend | str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-place :func:`apply_rope_qk`: overwrite ``q`` and ``k``; returns them.
+
+    Autograd rules as in :func:`apply_rope_`.
+    """
+    _check_qk(q, k, cos, sin)
+    _check_flag("interleaved", interleaved)
+    if q is k:
+        raise RopeValueError("q and k are the same tensor: it would be rotated twice")
+    q_rot, k_rot = rotate((q, k), cos, sin, interleaved=interleaved, backend=backend, inplace=True)
+    return q_rot, k_rot

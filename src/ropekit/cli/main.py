@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import RopeValueError
-from . import inspect
+from . import bench, extrapolate, inspect, train
 
-SUBCOMMANDS = (inspect,)
+SUBCOMMANDS = (inspect, extrapolate, train, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

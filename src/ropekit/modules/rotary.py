@@ -16,6 +16,14 @@ built for the positions of each call, in float64, and rounded once (see
 
 The price is ``2 * s * n`` float64 cos/sin per call, shared by q and k and by all heads
 (about 1% of the rotation work at ``b*h = 32``).
+
+``torch.compile``: ``forward`` traces into one graph (``fullgraph=True``) with symbolic
+sequence lengths and offsets. Methods whose tables depend on the length (dynamic NTK,
+LongRoPE) need that length as a number, never read from tensor data: it is
+``offset + s`` when positions are implicit (an int ``offset``), or the ``seq_len``
+argument. Only eager calls with an explicit ``positions`` tensor (or a tensor ``offset``)
+and no ``seq_len`` fall back to ``max(positions) + 1`` read from the data, which inside a
+compiled graph would be a data-dependent graph break, so there it raises instead.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..apply.rotate import apply_rope, compute_dtype
+from ..apply.backends import Backend, parse_backend
+from ..apply.rotate import apply_rope_qk, compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError, check_int, check_tensor
 
@@ -52,6 +61,12 @@ def default_positions(
 class RotaryEmbedding(nn.Module):
     """Applies RoPE to queries and keys as configured by ``config``.
 
+    Args:
+        config: the layer's :class:`~ropekit.RopeConfig`.
+        backend: implementation of the rotation, a :class:`ropekit.Backend` or its name
+            (see :func:`ropekit.apply_rope`); ``"auto"`` picks the fastest for the
+            tensors' device. It changes speed, never the result beyond last-bit rounding.
+
     Example:
         >>> rope = RotaryEmbedding(RopeConfig(head_dim=64, theta=10000.0))
         >>> q, k = torch.randn(2, 8, 16, 64), torch.randn(2, 2, 16, 64)
@@ -59,14 +74,15 @@ class RotaryEmbedding(nn.Module):
         >>> q_next, k_next = rope(q[:, :, :1], k[:, :, :1], offset=16)  # decoding
     """
 
-    def __init__(self, config: RopeConfig) -> None:
+    def __init__(self, config: RopeConfig, *, backend: Backend | str = "auto") -> None:
         super().__init__()
         if not isinstance(config, RopeConfig):
             raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
         self.config = config
+        self.backend = parse_backend(backend)
 
     def extra_repr(self) -> str:
-        return repr(self.config)
+        return f"{self.config!r}, backend={self.backend.value!r}"
 
     def cos_sin(
         self,
@@ -85,6 +101,7 @@ class RotaryEmbedding(nn.Module):
         positions: torch.Tensor | None = None,
         *,
         offset: int | torch.Tensor = 0,
+        seq_len: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate ``q`` ``[b, h_q, s, d]`` and ``k`` ``[b, h_k, s, d]``.
 
@@ -95,6 +112,10 @@ class RotaryEmbedding(nn.Module):
                 ``offset + arange(s)``.
             offset: int, or ``[b]`` integer tensor, used when ``positions`` is None
                 (the number of tokens already in the KV cache).
+            seq_len: the length the tables are for, ``max(position) + 1`` (read only by
+                length-dependent scaling: dynamic NTK, LongRoPE). Default: ``offset + s``
+                for an int ``offset``; otherwise read from the positions, which
+                ``torch.compile`` cannot do, so pass it there.
 
         Returns:
             ``(q_rot, k_rot)`` with the shapes and dtypes of ``q`` and ``k``.
@@ -115,6 +136,7 @@ class RotaryEmbedding(nn.Module):
             raise RopeValueError(
                 f"q.shape[-1]={d} is not allowed: expected head_dim={self.config.head_dim}"
             )
+        implicit = positions is None
         if positions is None:
             positions = default_positions(s, offset, device=q.device)
         else:
@@ -124,9 +146,7 @@ class RotaryEmbedding(nn.Module):
                     f"positions.shape={tuple(positions.shape)} is not allowed: expected [s]=({s},) "
                     f"or [b, s]=({b}, {s})"
                 )
-        seq_len = None
-        if self.config.method.depends_on_seq_len:
-            seq_len = int(positions.max()) + 1
+        seq_len = self._seq_len(positions, implicit, offset, s, seq_len)
         # Tables in float32 for half/float32 inputs (float64 for float64 inputs): the
         # rotation itself runs in that dtype, so rounding them to bf16 first would only
         # add error.
@@ -134,8 +154,29 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.cos_sin(positions, dtype=table_dtype, seq_len=seq_len)
         if positions.ndim == 2:  # [b, s, n] -> [b, 1, s, n], shared by all heads
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        inter = self.config.interleaved
-        return (
-            apply_rope(q, cos, sin, interleaved=inter),
-            apply_rope(k, cos, sin, interleaved=inter),
+        return apply_rope_qk(
+            q, k, cos, sin, interleaved=self.config.interleaved, backend=self.backend
         )
+
+    def _seq_len(
+        self,
+        positions: torch.Tensor,
+        implicit: bool,
+        offset: int | torch.Tensor,
+        s: int,
+        seq_len: int | None,
+    ) -> int | None:
+        """The length for length-dependent scaling, without reading tensor data if possible."""
+        if not self.config.method.depends_on_seq_len:
+            return None
+        if seq_len is not None:
+            return check_int("seq_len", seq_len, minimum=1)
+        if implicit and not isinstance(offset, torch.Tensor):
+            return offset + s  # positions offset .. offset + s - 1
+        if torch.compiler.is_compiling():
+            raise RopeValueError(
+                f"scaling {self.config.method.name!r} needs the sequence length, which would be "
+                "read from the positions tensor (a data-dependent graph break under "
+                "torch.compile): pass seq_len=max(position) + 1"
+            )
+        return int(positions.max()) + 1

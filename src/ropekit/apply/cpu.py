@@ -1,0 +1,307 @@
+"""``Backend.CPU``: the C kernel in ``rope_cpu.c``, compiled on first use and cached on disk.
+
+Why a C kernel: on a CPU, RoPE is bound by memory traffic (two multiplies and an add per
+lane), and eager torch cannot fuse the products, the sum, the half-precision casts and the
+``cat`` into one pass: the plain formula takes 5-13x the time of a copy. ``torch.compile``
+can fuse them, but costs seconds per process, dtype and shape, and ~0.1 ms per call.
+The kernel reads each lane once and writes it once (q and k together in one parallel
+region), so it runs within ~10% of ``copy_`` (``docs/performance.md``).
+
+Cost of the first call: the first process on a machine compiles the file with the system C
+compiler (``$CC``, else ``cc``/``gcc``/``clang``; 1-3 s) into ``$ROPEKIT_CACHE_DIR``
+(default ``$XDG_CACHE_HOME/ropekit`` or ``~/.cache/ropekit``; a private temporary
+directory if that cannot be written), named by a hash of the source, the flags, the
+torch version and the CPU's feature flags (the code is built with ``-march=native``).
+Later processes only load that file (~3 ms). Without a working compiler
+:func:`cpu_kernel_status` says why, ``backend="auto"`` uses the torch backend and
+``backend="cpu"`` raises.
+"""
+
+from __future__ import annotations
+
+import array
+import atexit
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..errors import RopeValueError
+from .eager import rotate_torch
+
+__all__ = ["cpu_kernel_available", "cpu_kernel_status", "rotate_cpu"]
+
+_SOURCE = Path(__file__).with_name("rope_cpu.c")
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+# Tried in order: the first set that compiles is used. All of them forbid FMA: no
+# contraction (-ffp-contract=off), and no straight-line SLP vectorisation, which in GCC 12
+# turns the interleaved float64 pair into vfmaddsub despite -ffp-contract=off. Every
+# product and sum is then rounded on its own, as in torch's separate mul/sub kernels, so
+# results equal the torch formula's bit for bit (loops are still vectorised).
+_EXACT = ("-O3", "-ffp-contract=off", "-fno-tree-slp-vectorize")
+_FLAG_SETS = (
+    (*_EXACT, "-march=native", "-fopenmp"),
+    (*_EXACT, "-fopenmp"),
+    _EXACT,
+    (*_EXACT, "-DROPEKIT_NO_FLOAT16"),
+)
+_MAX_TENSORS = 8  # per call (MAX_TENSORS in rope_cpu.c)
+_TOO_MANY_DIMS = 3  # status: more than MAX_DIMS batch dims after merging
+# Below this many elements in one call a second thread costs more than it saves.
+_PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+class _Kernel:
+    def __init__(self, path: Path, flags: tuple[str, ...]) -> None:
+        self.path, self.flags = path, flags
+        self.lib = ctypes.CDLL(str(path))
+        fn = self.lib.ropekit_rotate
+        fn.restype = ctypes.c_int
+        fn.argtypes = [
+            ctypes.c_int32,  # ntensors
+            ctypes.c_void_p,  # records: pointers, sizes and strides per tensor (_record)
+            ctypes.c_int32,  # dtype code
+            ctypes.c_int64,  # n
+            ctypes.c_int64,  # d
+            ctypes.c_int32,  # interleaved
+            ctypes.c_int32,  # inverse
+            ctypes.c_int32,  # threads
+        ]
+        self.rotate = fn
+        self.float16 = bool(self.lib.ropekit_has_float16())
+        self.openmp = bool(self.lib.ropekit_has_openmp())
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("ROPEKIT_CACHE_DIR"):
+        return Path(os.environ["ROPEKIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ropekit"
+
+
+def _cpu_signature() -> str:
+    # -march=native code is only valid on CPUs with the same features.
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> str | None:
+    if os.environ.get("CC"):
+        return os.environ["CC"]
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _build(compiler: str, flags: tuple[str, ...], target: Path) -> str | None:
+    """Compile into ``target`` atomically; return an error message or None."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    except OSError as err:
+        return f"cannot write to {target.parent}: {err}"
+    os.close(fd)
+    cmd = [compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(_SOURCE)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            return f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}"
+        os.replace(tmp, target)  # atomic: concurrent processes never load a partial file
+        return None
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"{' '.join(cmd)} failed: {err}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _load() -> _Kernel | str:
+    """The loaded kernel, or why there is none. Cached for the process (it never changes)."""
+    if not _SOURCE.is_file():
+        return f"kernel source {_SOURCE} is missing from the installation"
+    source = _SOURCE.read_bytes()
+    signature = f"{platform.machine()}|{_cpu_signature()}|{torch.__version__}"
+    errors = []
+    compiler = _compiler()
+    cache = _cache_dir()
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(source + repr(flags).encode() + signature.encode()).hexdigest()
+        path = cache / f"rope_cpu_{key[:20]}.so"
+        if not path.is_file():
+            if compiler is None:
+                return "no C compiler found (set $CC or install cc/gcc/clang)"
+            error = _build(compiler, flags, path)
+            if error is not None and error.startswith("cannot write"):
+                # A read-only cache: build in a private directory, for this process only
+                # (never a shared one: another user could plant a library there).
+                cache = Path(tempfile.mkdtemp(prefix="ropekit-"))
+                atexit.register(shutil.rmtree, cache, ignore_errors=True)  # loaded .so stays mapped
+                path = cache / path.name
+                error = _build(compiler, flags, path)
+            if error is not None:
+                errors.append(error)
+                continue
+        try:
+            return _Kernel(path, flags)
+        except OSError as err:
+            errors.append(f"loading {path} failed: {err}")
+    return "could not build the CPU kernel: " + " | ".join(errors)
+
+
+def cpu_kernel_available() -> bool:
+    """Whether ``backend="cpu"`` can run (builds the kernel on the first call)."""
+    return isinstance(_load(), _Kernel)
+
+
+def cpu_kernel_status() -> str:
+    """Where the compiled kernel lives and its flags, or why it is unavailable."""
+    kernel = _load()
+    if isinstance(kernel, str):
+        return f"unavailable: {kernel}"
+    return f"{kernel.path} ({' '.join(kernel.flags)})"
+
+
+def kernel() -> _Kernel:
+    """The loaded kernel; raises :class:`RopeValueError` with the reason if there is none."""
+    loaded = _load()
+    if isinstance(loaded, str):
+        raise RopeValueError(f"backend='cpu' is not available here: {loaded}")
+    return loaded
+
+
+def _record(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> tuple[int, ...]:
+    """What the kernel needs to know about one tensor (``make_plan`` in rope_cpu.c).
+
+    Pointers, then x's sizes and strides, y's strides, and the tables' sizes and strides;
+    the kernel broadcasts the tables and merges dims itself, so building this is all the
+    Python work per tensor (at decode sizes it costs as much as the rotation).
+    """
+    return (
+        x.data_ptr(),
+        y.data_ptr(),
+        c.data_ptr(),
+        s.data_ptr(),
+        x.ndim,
+        c.ndim,
+        *x.shape,
+        *x.stride(),
+        *y.stride(),
+        *c.shape,
+        *c.stride(),
+        *s.stride(),
+    )
+
+
+def _dense(
+    x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Copies the kernel can take, for layouts it cannot: strided lanes, too many dims.
+
+    Everything is made contiguous (tables expanded to ``x``'s batch shape), which always
+    merges into one batch dim. Rare, and costs a copy; the arithmetic is still the kernel's.
+    """
+    batch = x.shape[:-1]
+    xc = x.contiguous()
+    yc = xc if y.data_ptr() == x.data_ptr() else torch.empty_like(xc)
+    return (
+        xc,
+        yc,
+        c.expand(*batch, c.shape[-1]).contiguous(),
+        s.expand(*batch, s.shape[-1]).contiguous(),
+    )
+
+
+def rotate_cpu(
+    xs: Sequence[torch.Tensor],
+    outs: Sequence[torch.Tensor],
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    interleaved: bool,
+    inverse: bool,
+) -> None:
+    """Write the rotation of each CPU tensor ``xs[i]`` into ``outs[i]`` (may be ``xs[i]``).
+
+    Tensors are read through their strides (``[b, s, h, d]`` transposed views, broadcast
+    tables) with no copies, as long as lanes have stride 1 and at most six batch dims
+    remain after merging; other layouts (rare) are copied first. All ``xs`` of one dtype
+    and head dim run in one kernel call (one parallel region). At decode sizes the
+    Python here costs as much as the kernel, hence the plain loops.
+    """
+    lib = kernel()
+    dtype, d = xs[0].dtype, xs[0].shape[-1]
+    code = _DTYPE_CODES.get(dtype)
+    if code is None or (dtype == torch.float16 and not lib.float16):
+        rotate_torch(xs, outs, cos, sin, interleaved=interleaved, inverse=inverse)
+        return
+    if len(xs) > _MAX_TENSORS or any(x.dtype != dtype or x.shape[-1] != d for x in xs):
+        for x, y in zip(xs, outs, strict=True):  # one call per tensor
+            rotate_cpu((x,), (y,), cos, sin, interleaved=interleaved, inverse=inverse)
+        return
+    work = torch.float64 if dtype == torch.float64 else torch.float32  # compute_dtype
+    c = cos if cos.dtype == work else cos.to(work)
+    s = sin if sin.dtype == work else sin.to(work)
+    if c.stride(-1) != 1:
+        c = c.contiguous()
+    if s.stride(-1) != 1:
+        s = s.contiguous()
+    elements = sum(x.numel() for x in xs)
+    records: tuple[int, ...] = ()
+    for x, y in zip(xs, outs, strict=True):
+        if x.stride(-1) != 1 or y.stride(-1) != 1:
+            records = ()  # strided lanes: the copying path below
+            break
+        records += _record(x, y, c, s)
+    status = _TOO_MANY_DIMS
+    if records:
+        status = _run(lib, code, len(xs), records, elements, c, xs, interleaved, inverse)
+    if status == _TOO_MANY_DIMS:  # rare layouts: contiguous copies, which always fit
+        dense = [_dense(x, y, c, s) for x, y in zip(xs, outs, strict=True)]
+        records = tuple(v for t in dense for v in _record(*t))
+        status = _run(lib, code, len(xs), records, elements, c, xs, interleaved, inverse)
+        for y, (_, yk, _, _) in zip(outs, dense, strict=True):
+            if status == 0:
+                y.copy_(yk)
+    if status != 0:  # only on a mismatch between this file and rope_cpu.c
+        raise RuntimeError(f"ropekit CPU kernel failed with status {status}")
+
+
+def _run(
+    lib: _Kernel,
+    code: int,
+    count: int,
+    records: tuple[int, ...],
+    elements: int,
+    c: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    interleaved: bool,
+    inverse: bool,
+) -> int:
+    buffer = array.array("q", records)  # int64, one _record per tensor, back to back
+    return lib.rotate(
+        count,
+        buffer.buffer_info()[0],
+        code,
+        c.shape[-1],
+        xs[0].shape[-1],
+        interleaved,
+        inverse,
+        torch.get_num_threads() if elements >= _PARALLEL_MIN_ELEMENTS else 1,
+    )

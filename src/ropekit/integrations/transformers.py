@@ -1,0 +1,547 @@
+"""Patch a loaded Hugging Face ``transformers`` model to use ropekit's exact RoPE.
+
+Notation: ``b`` batch, ``h`` heads, ``s`` sequence length, ``d`` head dim, ``n`` rotated
+pairs (``rotary_dim // 2``).
+
+How RoPE flows through a Hugging Face decoder (transformers 5.x, Llama and the families
+that share its code): the model owns one ``<Family>RotaryEmbedding`` module (usually
+``model.model.rotary_emb``). Once per forward it turns ``position_ids`` ``[b, s]`` into
+``cos, sin`` ``[b, s, 2n]``, both halves equal to ``attention_scaling * cos(m * inv_freq)``
+(resp. ``sin``), cast to the hidden dtype. Every attention layer then calls the function
+``apply_rotary_pos_emb(q, k, cos, sin)`` that it finds among its modeling file's globals,
+with ``q`` ``[b, h, s, d]``::
+
+    q' = q * cos + rotate_half(q) * sin,     rotate_half([x1, x2]) = [-x2, x1]
+
+which is ropekit's half-split pairing of lanes ``(i, i + n)``; lanes past ``2n`` (partial
+rotary: GPT-NeoX, Phi) pass through unrotated.
+
+What :func:`patch` changes, and why this way
+---------------------------------------------
+1. **Tables.** Each rotary module is replaced by an :class:`ExactRotaryEmbedding` built
+   from ``RopeConfig.from_hf(model.config)``: angles ``m * inv_freq`` formed in float64
+   and rounded once, instead of Hugging Face's float32 angle (its spacing at ``m = 1e6``
+   is 0.0625 rad) and its ``inv_freq`` buffer (which ``model.to(torch.bfloat16)`` rounds to
+   8 significant bits). The tables keep Hugging Face's ``[b, s, 2n]`` format, so anything
+   else reading them still works, but are float32 for half-precision models (float64 for
+   float64 ones): the rotation runs in that dtype and rounds once.
+2. **Rotation, per model.** ``apply_rotary_pos_emb`` is a module global, so swapping it
+   would change every model of that family in the process, and scoping such a swap needs
+   state (a context variable) that ``torch.compile`` cannot trace. Instead each attention
+   module of the patched model gets, as an *instance* attribute, a ``forward`` that runs
+   the class's own code (same code object, same decorators) with a private copy of its
+   module's globals in which ``apply_rotary_pos_emb`` calls ropekit's rotation
+   (``apply_rope_qk``, default backend: ropekit's C kernel on CPU, Triton on CUDA). The
+   class, the modeling module and every other model are untouched; patched and unpatched
+   models of one family can run side by side (also in threads), and
+   ``torch.compile(fullgraph=True)`` traces the patched forward without graph breaks.
+   The globals are copied at patch time: later rebinding of other names in the modeling
+   module is not seen by a patched model (patch after other monkey-patchers).
+3. **Checked first, then applied.** :func:`patch` checks the ``transformers`` version,
+   the model type (:data:`SUPPORTED_MODEL_TYPES`, each covered by
+   ``tests/test_hf_patch.py``), that the attention ``forward`` really calls the global and
+   can be re-bound, that ``RopeConfig.from_hf`` reproduces transformers' own frequencies
+   and attention factor (relative difference <= 1e-5 against its float32 initialisers,
+   also for the long-context table set of LongRoPE/dynamic NTK), and that the family's
+   ``apply_rotary_pos_emb`` computes the rotation ropekit implements (a float64 probe).
+   Any failure raises :class:`UnsupportedModelError` and leaves the model untouched.
+
+Other choices: patching a patched model, or unpatching an unpatched one, raises
+:class:`~ropekit.RopeValueError` (a silent no-op would hide a wrong belief about the
+model's state). ``copy.deepcopy`` of a patched model is a patched model that can be
+unpatched on its own. Tables are recomputed on every forward (no cache, so results never
+depend on earlier calls); for length-dependent methods (dynamic NTK, LongRoPE) the length
+is ``max(position_ids) + 1`` of the current call, as in Hugging Face, but without the
+``max_seq_len_cached`` history of its dynamic NTK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..apply import apply_rope, apply_rope_qk, compute_dtype
+from ..config import RopeConfig
+from ..errors import RopeValueError
+from ..tables import cos_sin
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "TRANSFORMERS_VERSIONS",
+    "ExactRotaryEmbedding",
+    "UnsupportedModelError",
+    "check_transformers_version",
+    "is_patched",
+    "patch",
+    "patched",
+    "unpatch",
+]
+
+#: ``config.model_type`` values :func:`patch` accepts: the families whose modeling code is
+#: the one described above, each exercised by ``tests/test_hf_patch.py``.
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    "gemma",
+    "gpt_neox",
+    "granite",
+    "llama",
+    "mistral",
+    "olmo2",
+    "phi",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "stablelm",
+    "starcoder2",
+)
+
+#: ``(minimum, exclusive maximum)`` of the transformers versions accepted; tested on
+#: 5.24.0. The 5.x series has ``config.rope_parameters`` and the layout described above;
+#: the checks of :func:`patch` catch changes of that layout within the series.
+TRANSFORMERS_VERSIONS: tuple[str, str] = ("5.0.0", "6.0.0")
+
+_APPLY_NAME = "apply_rotary_pos_emb"
+_RECORD_ATTR = "_ropekit_patch"
+# ropekit's float64 frequencies vs transformers' float32 ones: float32 rounding of
+# ``theta ** (-2i/d)`` and of the scaling formulas is a few 1e-7 relative; misreading a
+# config parameter (theta, rotary_dim, a scaling factor) changes them by far more.
+_FREQ_RTOL = 1e-5
+
+
+class UnsupportedModelError(RopeValueError):
+    """The model, its configuration or the installed ``transformers`` cannot be patched."""
+
+
+# ---------------------------------------------------------------------------------------
+# Tables.
+
+
+class ExactRotaryEmbedding(nn.Module):
+    """Drop-in replacement for a Hugging Face ``<Family>RotaryEmbedding`` module.
+
+    ``forward(x, position_ids)`` returns ``(cos, sin)``, each ``[b, s, 2n]`` for
+    ``position_ids`` ``[b, s]``, with both halves equal to::
+
+        cos[..., i] = attention_factor * cos(m * inv_freq[i])      (likewise sin)
+
+    from float64 angles, rounded once to ``compute_dtype(x.dtype)`` (float32 for float16,
+    bfloat16 and float32 ``x``; float64 for float64). It holds no tensors, so
+    ``model.to(dtype)`` cannot degrade it, and the result depends only on the arguments.
+
+    Args:
+        config: the model's rotary embedding (``RopeConfig.from_hf(model.config)``);
+            half-split (``interleaved=False``) as Hugging Face's ``rotate_half`` is.
+
+    Example:
+        >>> rope = ExactRotaryEmbedding(RopeConfig(head_dim=8))
+        >>> cos, sin = rope(torch.zeros(1, 3, 32), torch.arange(3)[None])
+        >>> cos.shape, bool((cos[..., :4] == cos[..., 4:]).all())
+        (torch.Size([1, 3, 8]), True)
+    """
+
+    def __init__(self, config: RopeConfig) -> None:
+        super().__init__()
+        if not isinstance(config, RopeConfig):
+            raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
+        if config.interleaved:
+            raise RopeValueError(
+                "config.interleaved=True is not allowed: Hugging Face's rotate_half pairs lanes "
+                "(i, i + n), expected interleaved=False"
+            )
+        self.config = config
+        # Computed once when they do not depend on the length. A plain attribute, not a
+        # buffer: ``model.to(dtype)`` must not round these float64 values.
+        self._frequencies = None if config.method.depends_on_seq_len else config.frequencies()
+
+    def extra_repr(self) -> str:
+        return repr(self.config)
+
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for ``position_ids`` ``[b, s]``; ``x`` only sets the dtype."""
+        if layer_type is not None:
+            raise RopeValueError(
+                f"layer_type={layer_type!r} is not allowed: per-layer RoPE parameters are not "
+                "supported, expected None"
+            )
+        if self._frequencies is None:
+            # As Hugging Face: the longest position of the call picks the table set.
+            inv_freq, factor = self.config.frequencies(int(position_ids.max()) + 1)
+        else:
+            inv_freq, factor = self._frequencies
+        cos, sin = cos_sin(
+            inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype)
+        )
+        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------
+# Rotation.
+
+
+def _ropekit_apply(n_pairs: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """An ``apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)`` that calls ropekit."""
+
+    def apply_rotary_pos_emb(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        unsqueeze_dim: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if cos.shape[-1] != 2 * n_pairs:
+            raise RopeValueError(
+                f"cos.shape={tuple(cos.shape)} is not allowed: the patched model rotates "
+                f"n={n_pairs} pairs, expected Hugging Face tables [..., 2n={2 * n_pairs}]"
+            )
+        # The two halves of Hugging Face's tables are equal; ropekit reads one of them.
+        c = cos[..., :n_pairs].unsqueeze(unsqueeze_dim)
+        s = sin[..., :n_pairs].unsqueeze(unsqueeze_dim)
+        if torch.compiler.is_compiling():
+            # apply_rope_qk checks q and k for aliasing through their data pointers, which
+            # torch.compile cannot trace; two apply_rope calls compute the same thing.
+            return apply_rope(q, c, s), apply_rope(k, c, s)
+        return apply_rope_qk(q, k, c, s)  # one call: less host time per layer at decode
+
+    return apply_rotary_pos_emb
+
+
+def _rebind_globals(func: Callable[..., Any], overrides: dict[str, Any]) -> Callable[..., Any]:
+    """A copy of ``func`` whose global lookups see ``overrides`` (same code, same closure).
+
+    Decorators built with :func:`functools.wraps` (transformers' ``deprecate_kwarg``) keep
+    the decorated function in a closure cell and expose it as ``__wrapped__``; the copy is
+    made all the way down that chain, so the copied wrapper calls the copied function.
+
+    Raises:
+        UnsupportedModelError: a wrapper that does not hold its ``__wrapped__`` in exactly
+            one closure cell (we could not re-bind what it calls).
+    """
+    inner = getattr(func, "__wrapped__", None)
+    if not isinstance(func, types.FunctionType) or (
+        inner is not None and not isinstance(inner, types.FunctionType)
+    ):
+        raise UnsupportedModelError(
+            f"{getattr(func, '__qualname__', func)!r} is not a plain Python function: "
+            "cannot re-bind its globals"
+        )
+    closure = func.__closure__
+    namespace = func.__globals__
+    if inner is None:
+        namespace = {**func.__globals__, **overrides}
+        # Without ``__name__`` torch.compile guards these globals through this dict, not
+        # through ``sys.modules[__name__]`` (whose apply_rotary_pos_emb is the original).
+        namespace.pop("__name__", None)
+    else:
+        new_inner = _rebind_globals(inner, overrides)
+        cells = list(closure or ())
+        hits = [i for i, cell in enumerate(cells) if _cell_holds(cell, inner)]
+        if len(hits) != 1:
+            raise UnsupportedModelError(
+                f"the decorator around {inner.__qualname__} holds it in {len(hits)} closure "
+                "cells: expected exactly one (a functools.wraps-style decorator)"
+            )
+        cells[hits[0]] = types.CellType(new_inner)
+        closure = tuple(cells)
+    new = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, closure)
+    new.__kwdefaults__ = dict(func.__kwdefaults__) if func.__kwdefaults__ else None
+    new.__dict__.update(func.__dict__)
+    new.__qualname__ = func.__qualname__
+    new.__module__ = func.__module__
+    new.__doc__ = func.__doc__
+    new.__annotations__ = dict(func.__annotations__)
+    if inner is not None:
+        new.__wrapped__ = new_inner
+    return new
+
+
+def _cell_holds(cell: types.CellType, value: object) -> bool:
+    try:
+        return cell.cell_contents is value
+    except ValueError:  # an empty cell
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Checks.
+
+
+def _installed_transformers_version() -> str:
+    low, high = TRANSFORMERS_VERSIONS
+    try:
+        import transformers
+    except ImportError as e:
+        raise UnsupportedModelError(
+            f"transformers is not installed: expected transformers>={low},<{high}"
+        ) from e
+    return str(transformers.__version__)
+
+
+def check_transformers_version(version: str | None = None) -> str:
+    """Return ``version`` (default: the installed one) if :func:`patch` supports it.
+
+    Raises:
+        UnsupportedModelError: transformers is missing or outside
+            :data:`TRANSFORMERS_VERSIONS`.
+    """
+    low, high = TRANSFORMERS_VERSIONS
+    if version is None:
+        version = _installed_transformers_version()
+    from packaging.version import InvalidVersion, Version  # a dependency of transformers
+
+    try:
+        ok = Version(low) <= Version(version) < Version(high)
+    except InvalidVersion:
+        ok = False
+    if not ok:
+        raise UnsupportedModelError(
+            f"transformers=={version} is not supported: expected >={low},<{high} "
+            "(ropekit's Hugging Face patch is tested on 5.24.0)"
+        )
+    return version
+
+
+def _check_model_type(model: Any) -> str:
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(
+            f"model of type {type(model).__name__} is not allowed: expected a transformers "
+            "model (a torch.nn.Module with a .config)"
+        )
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} with config.model_type={model_type!r} is not supported: "
+            f"expected one of {list(SUPPORTED_MODEL_TYPES)}"
+        )
+    return model_type
+
+
+def _modeling_module(model_type: str) -> types.ModuleType:
+    name = f"transformers.models.{model_type}.modeling_{model_type}"
+    module = importlib.import_module(name)
+    if not callable(getattr(module, _APPLY_NAME, None)):
+        raise UnsupportedModelError(
+            f"{name} has no function {_APPLY_NAME}: this transformers is laid out "
+            "differently from the versions ropekit supports"
+        )
+    return module
+
+
+def _calls_global_apply(cls: type) -> bool:
+    forward = inspect.unwrap(cls.forward)
+    code = getattr(forward, "__code__", None)
+    return code is not None and _APPLY_NAME in code.co_names
+
+
+def _rope_config(hf_config: Any) -> RopeConfig:
+    params = getattr(hf_config, "rope_parameters", None)
+    if not isinstance(params, dict) or "rope_theta" not in params:
+        raise UnsupportedModelError(
+            f"config.rope_parameters={params!r} is not allowed: expected one flat dict with "
+            "'rope_theta' (per-layer-type RoPE is not supported)"
+        )
+    try:
+        rope = RopeConfig.from_hf(hf_config)
+    except RopeValueError as e:
+        raise UnsupportedModelError(f"cannot express this model's RoPE with ropekit: {e}") from e
+    if rope.interleaved:
+        raise UnsupportedModelError(
+            "RopeConfig.from_hf gave interleaved=True: expected half-split pairs, as "
+            "rotate_half uses"
+        )
+    return rope
+
+
+def _check_frequencies(rope: RopeConfig, hf_config: Any, rotary_cls: type) -> None:
+    """``rope`` must reproduce transformers' own initialiser for ``hf_config``."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope_type = hf_config.rope_parameters.get("rope_type", "default")
+    if rope_type == "default":
+        init = rotary_cls.compute_default_rope_parameters
+    elif rope_type in ROPE_INIT_FUNCTIONS:
+        init = ROPE_INIT_FUNCTIONS[rope_type]
+    else:
+        raise UnsupportedModelError(
+            f"rope_type={rope_type!r} is not allowed: transformers has no initialiser for it, "
+            f"expected 'default' or one of {sorted(ROPE_INIT_FUNCTIONS)}"
+        )
+    lengths: list[int | None] = [None]
+    if rope.method.depends_on_seq_len:  # also the long-context table set
+        lengths.append(2 * int(hf_config.max_position_embeddings))
+    for seq_len in lengths:
+        hf_freq, hf_factor = init(hf_config, **({} if seq_len is None else {"seq_len": seq_len}))
+        hf_freq = hf_freq.detach().to("cpu", torch.float64)
+        ours, factor = rope.frequencies(seq_len)
+        if ours.shape != hf_freq.shape:
+            raise UnsupportedModelError(
+                f"RopeConfig.from_hf gives {ours.numel()} frequencies, transformers "
+                f"{hf_freq.numel()} (seq_len={seq_len}): expected equal counts"
+            )
+        rel = float(((ours - hf_freq).abs() / hf_freq.abs()).max())
+        rel_factor = abs(factor - float(hf_factor)) / abs(float(hf_factor))
+        if not (rel <= _FREQ_RTOL and rel_factor <= _FREQ_RTOL):
+            raise UnsupportedModelError(
+                f"RopeConfig.from_hf does not reproduce transformers' {rope_type!r} RoPE "
+                f"(seq_len={seq_len}): relative difference {rel:.3g} in inv_freq and "
+                f"{rel_factor:.3g} in the attention factor, expected <= {_FREQ_RTOL}"
+            )
+
+
+def _check_rotation(original: Callable[..., Any], n: int, where: str) -> None:
+    """The family's ``apply_rotary_pos_emb`` must be ropekit's half-split rotation."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 3, 2 * n, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 1, 3, 2 * n, generator=gen, dtype=torch.float64)
+    angle = torch.randn(1, 3, n, generator=gen, dtype=torch.float64)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    want = original(q, k, torch.cat((cos, cos), -1), torch.cat((sin, sin), -1))
+    got = _ropekit_apply(n)(q, k, torch.cat((cos, cos), -1), torch.cat((sin, sin), -1))
+    if not all(torch.allclose(w, g, rtol=0, atol=1e-12) for w, g in zip(want, got, strict=True)):
+        raise UnsupportedModelError(
+            f"{where}.{_APPLY_NAME} does not compute q*cos + rotate_half(q)*sin, the "
+            "half-split rotation ropekit implements"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Public API.
+
+
+@dataclasses.dataclass(eq=False)
+class _Patch:
+    """What :func:`patch` changed on one model, to undo it exactly."""
+
+    rope: RopeConfig
+    # (parent, attribute name, original rotary module) for every reference replaced
+    rotary: list[tuple[nn.Module, str, nn.Module]]
+    # (attention module, the instance attribute ``forward`` it had before, or None)
+    attention: list[tuple[nn.Module, Any]]
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether ``model`` is currently patched by :func:`patch`."""
+    return isinstance(getattr(model, _RECORD_ATTR, None), _Patch)
+
+
+def patch(model: nn.Module) -> nn.Module:
+    """Make ``model`` use ropekit's exact tables and rotation kernel, in place.
+
+    Args:
+        model: a transformers model (any head: ``...ForCausalLM``, the bare model, ...)
+            whose ``config.model_type`` is in :data:`SUPPORTED_MODEL_TYPES`.
+
+    Returns:
+        ``model`` itself (see the module docstring for what changes).
+
+    Raises:
+        UnsupportedModelError: unsupported transformers version, model type, RoPE
+            configuration or code layout; the model is left untouched.
+        RopeValueError: ``model`` is already patched.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=1,
+        ...     num_attention_heads=4, intermediate_size=128, vocab_size=128))
+        >>> patch(model) is model and is_patched(model)
+        True
+        >>> type(model.model.rotary_emb).__name__
+        'ExactRotaryEmbedding'
+        >>> unpatch(model) is model and not is_patched(model)
+        True
+    """
+    check_transformers_version()
+    model_type = _check_model_type(model)
+    if is_patched(model):
+        raise RopeValueError(
+            f"{type(model).__name__} is already patched by ropekit: expected an unpatched "
+            "model (call unpatch(model) first)"
+        )
+    modeling = _modeling_module(model_type)
+    rope = _rope_config(model.config)
+
+    rotary: list[nn.Module] = []
+    attention: list[nn.Module] = []
+    for module in model.modules():
+        cls = type(module)
+        if cls.__module__ != modeling.__name__:
+            continue
+        if cls.__name__.endswith("RotaryEmbedding"):
+            rotary.append(module)
+        elif _calls_global_apply(cls):
+            attention.append(module)
+    if not rotary or not attention:
+        raise UnsupportedModelError(
+            f"found {len(rotary)} rotary embedding and {len(attention)} attention modules of "
+            f"{modeling.__name__} in {type(model).__name__}: expected at least one of each"
+        )
+    for cls in {type(m) for m in rotary}:
+        _check_frequencies(rope, model.config, cls)
+    _check_rotation(getattr(modeling, _APPLY_NAME), rope.n_pairs, modeling.__name__)
+    overrides = {_APPLY_NAME: _ropekit_apply(rope.n_pairs)}
+    forwards = {
+        cls: _rebind_globals(cls.forward, overrides) for cls in {type(m) for m in attention}
+    }
+
+    # Every check passed: change the model. A rotary module referenced from several places
+    # (e.g. a multi-token-prediction head sharing it) gets one shared replacement.
+    rotary_ids = {id(m) for m in rotary}
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent._modules.items()
+        if id(child) in rotary_ids
+    ]
+    replacements: dict[int, ExactRotaryEmbedding] = {}
+    for parent, name, child in swaps:
+        setattr(parent, name, replacements.setdefault(id(child), ExactRotaryEmbedding(rope)))
+    scoped: list[tuple[nn.Module, Any]] = []
+    for module in attention:
+        scoped.append((module, module.__dict__.get("forward")))
+        module.forward = types.MethodType(forwards[type(module)], module)
+    setattr(model, _RECORD_ATTR, _Patch(rope, swaps, scoped))
+    return model
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo :func:`patch`: the original rotary modules and attention ``forward`` come back.
+
+    Afterwards ``model`` holds exactly the objects it held before :func:`patch` and
+    computes exactly what it computed then.
+
+    Raises:
+        RopeValueError: ``model`` is not patched.
+    """
+    record = getattr(model, _RECORD_ATTR, None)
+    if not isinstance(record, _Patch):
+        raise RopeValueError(
+            f"{type(model).__name__} is not patched by ropekit: expected a model returned by "
+            "ropekit.integrations.transformers.patch"
+        )
+    for parent, name, original in reversed(record.rotary):
+        setattr(parent, name, original)
+    for module, previous in record.attention:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
+    delattr(model, _RECORD_ATTR)
+    return model
+
+
+@contextlib.contextmanager
+def patched(model: nn.Module) -> Iterator[nn.Module]:
+    """``with patched(model): ...`` runs the block on the patched model, then unpatches it."""
+    patch(model)
+    try:
+        yield model
+    finally:
+        unpatch(model)
