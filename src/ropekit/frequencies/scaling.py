@@ -124,6 +124,15 @@ def _check_context(name: str, original: int, max_position: int | None, method: s
         )
 
 
+def _factor_from_contexts(params: dict[str, Any], max_position: int | None) -> dict[str, Any]:
+    """transformers' default for a missing ``factor`` (YaRN as in DeepSeek-V3, LongRoPE as
+    in Phi-3): the ratio ``max_position_embeddings / original_max_position_embeddings``."""
+    omp = params.get("original_max_position_embeddings")
+    if params.get("factor") is None and max_position is not None and omp:
+        params["factor"] = max_position / omp
+    return params
+
+
 def _build(
     cls: type[Scaling], params: Mapping[str, Any], *, allow_unknown: bool, source: str
 ) -> Scaling:
@@ -237,6 +246,24 @@ register(Scaling)
 
 
 # --------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class _FromOriginalContext(Scaling):
+    """Base of the methods defined relative to the context the model was trained on.
+
+    Subclasses have an ``original_max_position_embeddings`` field; a model config's
+    ``max_position`` (the extended context) must not be shorter than it.
+    """
+
+    def check_config(self, head_dim: int, rotary_dim: int | None, max_position: int | None) -> None:
+        super().check_config(head_dim, rotary_dim, max_position)
+        _check_context(
+            "original_max_position_embeddings",
+            self.original_max_position_embeddings,  # type: ignore[attr-defined]
+            max_position,
+            self.name,
+        )
 
 
 @register
@@ -387,7 +414,7 @@ class Dynamic(Scaling):
 
 @register
 @dataclass(frozen=True)
-class Yarn(Scaling):
+class Yarn(_FromOriginalContext):
     """YaRN (Peng et al., 2023): NTK-by-parts interpolation plus an attention temperature.
 
     Pair ``i`` turns ``L0 / λ_i`` times over the original context ``L0``. Pairs that turn
@@ -483,27 +510,14 @@ class Yarn(Scaling):
         r = self.ramp(head_dim, theta, rotary_dim)
         return inv / self.factor * r + inv * (1 - r), self.resolved_attention_factor()
 
-    def check_config(self, head_dim: int, rotary_dim: int | None, max_position: int | None) -> None:
-        super().check_config(head_dim, rotary_dim, max_position)
-        _check_context(
-            "original_max_position_embeddings",
-            self.original_max_position_embeddings,
-            max_position,
-            self.name,
-        )
-
     @classmethod
     def _fields_from_hf(cls, params: dict[str, Any], max_position: int | None) -> dict[str, Any]:
-        # transformers: a missing factor is the ratio of the two contexts (DeepSeek-V3 style).
-        omp = params.get("original_max_position_embeddings")
-        if params.get("factor") is None and max_position is not None and omp:
-            params["factor"] = max_position / omp
-        return params
+        return _factor_from_contexts(params, max_position)
 
 
 @register
 @dataclass(frozen=True)
-class Llama3(Scaling):
+class Llama3(_FromOriginalContext):
     """Llama 3.1's frequency-dependent interpolation (Meta's ``apply_scaling``).
 
     With ``λ_i = 2π / θ_i`` and ``L0 = original_max_position_embeddings``: pairs with
@@ -572,19 +586,10 @@ class Llama3(Scaling):
         blended = (1 - smooth) * scaled / self.factor + smooth * scaled
         return torch.where(is_medium, blended, scaled), 1.0
 
-    def check_config(self, head_dim: int, rotary_dim: int | None, max_position: int | None) -> None:
-        super().check_config(head_dim, rotary_dim, max_position)
-        _check_context(
-            "original_max_position_embeddings",
-            self.original_max_position_embeddings,
-            max_position,
-            self.name,
-        )
-
 
 @register
 @dataclass(frozen=True)
-class LongRope(Scaling):
+class LongRope(_FromOriginalContext):
     """LongRoPE (Ding et al., 2024; Phi-3): searched per-pair factors, short and long.
 
     ``θ_i / short_factor_i`` while ``seq_len <= original_max_position_embeddings``, and
@@ -650,22 +655,9 @@ class LongRope(Scaling):
         ext = torch.tensor(self.factors(seq_len), dtype=torch.float64)
         return inv / ext, self.resolved_attention_factor()
 
-    def check_config(self, head_dim: int, rotary_dim: int | None, max_position: int | None) -> None:
-        super().check_config(head_dim, rotary_dim, max_position)
-        _check_context(
-            "original_max_position_embeddings",
-            self.original_max_position_embeddings,
-            max_position,
-            self.name,
-        )
-
     @classmethod
     def _fields_from_hf(cls, params: dict[str, Any], max_position: int | None) -> dict[str, Any]:
-        # transformers (Phi-3): a missing factor is max_position_embeddings / original.
-        omp = params.get("original_max_position_embeddings")
-        if params.get("factor") is None and max_position is not None and omp:
-            params["factor"] = max_position / omp
-        return params
+        return _factor_from_contexts(params, max_position)
 
 
 @register
