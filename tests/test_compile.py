@@ -87,38 +87,6 @@ class CountingBackend:
         return gm.forward
 
 
-def _symbolic_floats_supported() -> bool:
-    """Whether ropekit's float checks accept the SymFloats of ``dynamic=True`` graphs.
-
-    With ``dynamic=True`` torch traces Python floats (``theta``, scaling factors, and any
-    value computed from the symbolic length) as symbols; ``ropekit.errors.check_float``
-    must then skip its value checks (done when the config was built) instead of calling
-    ``math.isfinite`` on a symbol, which is a graph break.
-    """
-    from ropekit.errors import check_float
-
-    def probe(x: torch.Tensor, theta: float) -> torch.Tensor:
-        return x * check_float("theta", theta, positive=True)
-
-    try:
-        torch.compile(probe, backend=CountingBackend(), fullgraph=True, dynamic=True)(
-            torch.ones(2), 2.5
-        )
-    except Exception:
-        return False
-    finally:
-        torch._dynamo.reset()
-    return True
-
-
-needs_symbolic_floats = pytest.mark.xfail(
-    not _symbolic_floats_supported(),
-    reason="ropekit.errors.check_float calls math.isfinite on symbolic floats under "
-    "torch.compile(dynamic=True); it must return them unchecked while compiling",
-    strict=True,
-)
-
-
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
@@ -126,7 +94,6 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-@needs_symbolic_floats
 @pytest.mark.parametrize("name", sorted(SCALINGS))
 def test_fullgraph_at_most_two_compilations_and_equal_to_eager(name: str) -> None:
     torch.manual_seed(0)
@@ -185,7 +152,6 @@ def test_kernel_backends_trace_the_formula() -> None:
 
 
 @pytest.mark.slow
-@needs_symbolic_floats
 def test_inductor_matches_eager_within_dtype_tolerance() -> None:
     # One real Inductor compilation (seconds): bf16, llama3 scaling, three lengths.
     torch.manual_seed(1)

@@ -29,13 +29,12 @@ from typing import Any
 
 import pytest
 import torch
+import transformers  # a pinned test dependency: missing means a broken set-up, not a skip
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ropekit import RopeConfig, RopeValueError
 from ropekit.frequencies.scaling import Dynamic, LongRope, Ntk, Proportional, Scaling, Yarn
-
-transformers = pytest.importorskip("transformers")
 
 # LongRoPE factors of microsoft/Phi-3.5-mini-instruct (config.json, 48 = 96 / 2 each).
 PHI35_LONG = [
