@@ -409,9 +409,22 @@ def test_out_overlapping_the_input_raises() -> None:
     cos, sin = ropekit.cos_sin(ropekit.inv_freq(8), torch.arange(3))
     with pytest.raises(ropekit.RopeValueError, match="overlaps x"):
         apply_rope(x, cos, sin, out=buf[..., 1:])
+    flat = torch.randn(100)  # contiguous views: the range check's fast path
+    with pytest.raises(ropekit.RopeValueError, match="out overlaps x"):
+        apply_rope(flat[:48].view(2, 3, 8), cos, sin, out=flat[8:56].view(2, 3, 8))
     q, k = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)
-    with pytest.raises(ropekit.RopeValueError, match="out"):
+    with pytest.raises(ropekit.RopeValueError, match=r"out\[0\] overlaps k"):
         apply_rope_qk(q, k, cos, sin, out=(k, torch.empty_like(k)))
+    with pytest.raises(ropekit.RopeValueError, match=r"out\[1\] overlaps q"):
+        apply_rope_qk(q, k, cos, sin, out=(torch.empty_like(q), q))
+    shared = torch.empty(1, 2, 3, 8)
+    with pytest.raises(ropekit.RopeValueError, match=r"out\[0\] overlaps out\[1\]"):
+        apply_rope_qk(q, k, cos, sin, out=(shared, shared))
+    # q and k themselves are allowed (in place), and give the out-of-place result.
+    expected = apply_rope_qk(q, k, cos, sin)
+    q_rot, k_rot = apply_rope_qk(q, k, cos, sin, out=(q, k))
+    assert q_rot is q and k_rot is k
+    assert torch.equal(q, expected[0]) and torch.equal(k, expected[1])
     with pytest.raises(ropekit.RopeValueError, match="expected a pair"):
         apply_rope_qk(q, k, cos, sin, out=torch.empty_like(q))  # type: ignore[arg-type]
     with pytest.raises(ropekit.RopeValueError, match="rotated twice"):

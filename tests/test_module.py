@@ -88,6 +88,20 @@ def test_results_do_not_depend_on_call_history() -> None:
     assert list(used.buffers()) == [] and list(used.parameters()) == []
 
 
+@pytest.mark.parametrize("name", sorted(ropekit.PRESETS))
+def test_module_tables_equal_the_configs_for_every_preset(name: str) -> None:
+    # The module keeps length-independent frequencies from construction; the config
+    # recomputes them on every call. Both must give the same bits, on both sides of the
+    # original context (length-aware methods switch there).
+    cfg = ropekit.PRESETS[name]
+    rope = ropekit.RotaryEmbedding(cfg)
+    positions = torch.tensor([0, 1, 17, 4095, 70_000])
+    for seq_len in (None, 16, 70_001, 10**6):
+        got = rope.cos_sin(positions, seq_len=seq_len, dtype=torch.float64)
+        want = cfg.cos_sin(positions, seq_len=seq_len, dtype=torch.float64)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), seq_len
+
+
 def test_odd_and_partial_head_dims() -> None:
     for cfg in (ropekit.RopeConfig(head_dim=9), ropekit.RopeConfig(head_dim=12, rotary_dim=4)):
         q, k = qk(d=cfg.head_dim)

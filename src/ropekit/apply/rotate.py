@@ -113,22 +113,19 @@ def _check_flag(name: str, value: object) -> bool:
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
-    """Byte range ``[start, end)`` that ``t``'s elements can occupy."""
-    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    """Byte range ``[start, end)`` that ``t``'s elements can occupy (empty: ``(0, 0)``)."""
+    numel = t.numel()
+    if not numel:
+        return 0, 0
     start = t.data_ptr()
+    if t.is_contiguous():  # the common case, without a Python loop over the dims
+        return start, start + numel * t.element_size()
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
     return start, start + (last + 1) * t.element_size()
 
 
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``a`` and ``b`` may share memory (conservative: compares byte ranges)."""
-    if not a.numel() or not b.numel() or a.device != b.device:
-        return False
-    (a0, a1), (b0, b1) = _span(a), _span(b)
-    return a0 < b1 and b0 < a1
-
-
 def _check_out(out: object, x: torch.Tensor, name: str, like: str) -> torch.Tensor:
-    """``out`` must look like ``x`` and be ``x`` itself or share no memory with it."""
+    """``out`` must have ``x``'s shape, dtype and device, and distinct elements."""
     out = check_tensor(name, out)
     if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
         raise RopeValueError(
@@ -140,15 +137,42 @@ def _check_out(out: object, x: torch.Tensor, name: str, like: str) -> torch.Tens
             f"{name} has stride 0 in a dim of size > 1 (an expanded tensor): expected a "
             "tensor whose elements do not share memory"
         )
-    if torch.compiler.is_compiling():
-        return out  # data pointers are not traceable; the checks above are
-    same = out.data_ptr() == x.data_ptr() and out.stride() == x.stride()
-    if not same and _overlap(out, x):
-        raise RopeValueError(
-            f"{name} overlaps {like} in memory without being {like} itself: expected "
-            f"separate memory, or {like} itself for an in-place rotation"
-        )
     return out
+
+
+def _check_separate(
+    outs: Sequence[torch.Tensor],
+    xs: Sequence[torch.Tensor],
+    out_names: Sequence[str],
+    x_names: Sequence[str],
+) -> None:
+    """Each ``outs[i]`` is ``xs[i]`` itself (in place) or shares no memory with any input
+    or other output.
+
+    Conservative (byte ranges, not elements) and cheap: each range is computed once, which
+    matters at decode sizes, where these checks cost as much as the rotation.
+    """
+    if torch.compiler.is_compiling():
+        return  # data pointers are not traceable
+    x_spans = [_span(x) for x in xs]
+    o_spans = [_span(o) for o in outs]
+    for i, (out, (o0, o1)) in enumerate(zip(outs, o_spans, strict=True)):
+        for j, (x, (x0, x1)) in enumerate(zip(xs, x_spans, strict=True)):
+            if o0 < x1 and x0 < o1 and out.device == x.device:
+                if i == j and out.data_ptr() == x.data_ptr() and out.stride() == x.stride():
+                    continue
+                raise RopeValueError(
+                    f"{out_names[i]} overlaps {x_names[j]} in memory without being "
+                    f"{x_names[i]} itself: expected separate memory, or {x_names[i]} itself "
+                    "for an in-place rotation"
+                )
+        for j in range(i + 1, len(outs)):
+            p0, p1 = o_spans[j]
+            if o0 < p1 and p0 < o1 and out.device == outs[j].device:
+                raise RopeValueError(
+                    f"{out_names[i]} overlaps {out_names[j]} in memory: expected outputs in "
+                    "separate memory"
+                )
 
 
 def apply_rope(
@@ -187,7 +211,10 @@ def apply_rope(
     """
     check_rope_args(x, cos, sin)
     _check_flag("interleaved", interleaved)
-    outs = None if out is None else (_check_out(out, x, "out", "x"),)
+    outs = None
+    if out is not None:
+        outs = (_check_out(out, x, "out", "x"),)
+        _check_separate(outs, (x,), ("out",), ("x",))
     return rotate((x,), cos, sin, interleaved=interleaved, backend=backend, outs=outs)[0]
 
 
@@ -261,13 +288,7 @@ def apply_rope_qk(
                 f"out={type(out).__name__} is not allowed: expected a pair (q_out, k_out)"
             )
         outs = (_check_out(out[0], q, "out[0]", "q"), _check_out(out[1], k, "out[1]", "k"))
-        if not torch.compiler.is_compiling() and (
-            _overlap(outs[0], k) or _overlap(outs[1], q) or _overlap(outs[0], outs[1])
-        ):
-            raise RopeValueError(
-                "out[0] overlaps k, out[1] overlaps q, or out[0] overlaps out[1]: expected "
-                "outputs in separate memory (or q and k themselves, in place)"
-            )
+        _check_separate(outs, (q, k), ("out[0]", "out[1]"), ("q", "k"))
     q_rot, k_rot = rotate((q, k), cos, sin, interleaved=interleaved, backend=backend, outs=outs)
     return q_rot, k_rot
 

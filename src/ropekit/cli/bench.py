@@ -342,7 +342,13 @@ class CaseResult:
 def measure_case(
     case: Case, rounds: int, with_compile: bool, log: Callable[[str], None]
 ) -> CaseResult:
-    with torch.set_grad_enabled(case.backward):  # the mode the steps are timed in
+    # Dynamo caches per code object: the ten cases (shape x dtype x grad mode) recompile the
+    # same peer function ten times, and past the default limit of 8 it would silently fall
+    # back to eager, timing the peer uncompiled.
+    with (
+        torch._dynamo.config.patch(recompile_limit=64),
+        torch.set_grad_enabled(case.backward),  # the mode the steps are timed in
+    ):
         return _measure_case(case, rounds, with_compile, log)
 
 

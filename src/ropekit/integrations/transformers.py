@@ -71,6 +71,7 @@ from torch import nn
 from ..apply import apply_rope, apply_rope_qk, compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError
+from ..modules.rotary import fixed_frequencies
 from ..tables import cos_sin
 
 __all__ = [
@@ -132,8 +133,9 @@ class ExactRotaryEmbedding(nn.Module):
         cos[..., i] = attention_factor * cos(m * inv_freq[i])      (likewise sin)
 
     from float64 angles, rounded once to ``compute_dtype(x.dtype)`` (float32 for float16,
-    bfloat16 and float32 ``x``; float64 for float64). It holds no tensors, so
-    ``model.to(dtype)`` cannot degrade it, and the result depends only on the arguments.
+    bfloat16 and float32 ``x``; float64 for float64). It holds no buffers (its float64
+    frequencies are a plain attribute), so ``model.to(dtype)`` cannot degrade it, and
+    the result depends only on the arguments.
 
     Args:
         config: the model's rotary embedding (``RopeConfig.from_hf(model.config)``);
@@ -156,9 +158,7 @@ class ExactRotaryEmbedding(nn.Module):
                 "(i, i + n), expected interleaved=False"
             )
         self.config = config
-        # Computed once when they do not depend on the length. A plain attribute, not a
-        # buffer: ``model.to(dtype)`` must not round these float64 values.
-        self._frequencies = None if config.method.depends_on_seq_len else config.frequencies()
+        self._frequencies = fixed_frequencies(config)
 
     def extra_repr(self) -> str:
         return repr(self.config)

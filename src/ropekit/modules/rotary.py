@@ -3,9 +3,11 @@
 Notation: ``b`` batch, ``h_q``/``h_k`` query/key heads (GQA allows ``h_k != h_q``),
 ``s`` sequence length, ``d`` head dim, ``n`` rotated pairs.
 
-Design: the module holds only its :class:`~ropekit.RopeConfig`, no tensors. Tables are
-built for the positions of each call, in float64, and rounded once (see
-:mod:`ropekit.tables.cos_sin`). Consequences, all deliberate:
+Design: the module holds only its :class:`~ropekit.RopeConfig` (plus, for methods whose
+frequencies do not depend on the length, those ``[n]`` float64 frequencies, derived from
+the config once), no buffers, parameters or tables. Tables are built for the positions of
+each call, in float64, and rounded once (see :mod:`ropekit.tables.cos_sin`).
+Consequences, all deliberate:
 
 * ``module.to(torch.bfloat16)``/``.half()`` cannot degrade the tables: there is no
   buffer for them to cast.
@@ -35,8 +37,9 @@ from ..apply.backends import Backend, parse_backend
 from ..apply.rotate import apply_rope_qk, compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError, check_int, check_tensor
+from ..tables.cos_sin import cos_sin
 
-__all__ = ["RotaryEmbedding", "default_positions"]
+__all__ = ["RotaryEmbedding", "default_positions", "fixed_frequencies"]
 
 
 def default_positions(
@@ -56,6 +59,22 @@ def default_positions(
         return offset.to(torch.int64)[:, None] + steps
     check_int("offset", offset)
     return torch.arange(offset, offset + seq_len, device=device, dtype=torch.int64)
+
+
+def fixed_frequencies(config: RopeConfig) -> tuple[torch.Tensor, float] | None:
+    """``config.frequencies()`` (``inv_freq`` ``[n]`` float64 on the CPU, attention factor)
+    when they do not depend on the sequence length, else None.
+
+    For modules to compute once at construction: a pure function of the frozen config,
+    and at decode sizes rebuilding it costs ~40% as much as the rotation. Kept as a plain
+    attribute, not a buffer, because ``module.to(dtype)`` must not round it and it is no
+    state to save. Built on the CPU even inside ``with torch.device("meta")``, so
+    ``to_empty`` has nothing to re-initialise.
+    """
+    if config.method.depends_on_seq_len:
+        return None
+    with torch.device("cpu"):
+        return config.frequencies()
 
 
 class RotaryEmbedding(nn.Module):
@@ -80,6 +99,7 @@ class RotaryEmbedding(nn.Module):
             raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
         self.config = config
         self.backend = parse_backend(backend)
+        self._frequencies = fixed_frequencies(config)
 
     def extra_repr(self) -> str:
         return f"{self.config!r}, backend={self.backend.value!r}"
@@ -91,8 +111,16 @@ class RotaryEmbedding(nn.Module):
         dtype: torch.dtype = torch.float32,
         seq_len: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables ``[*P, n]`` for ``positions`` ``[*P]``, with the config's scaling."""
-        return self.config.cos_sin(positions, seq_len=seq_len, dtype=dtype)
+        """Tables ``[*P, n]`` for ``positions`` ``[*P]``, with the config's scaling.
+
+        Equal to ``self.config.cos_sin(positions, seq_len=seq_len, dtype=dtype)``.
+        """
+        if self._frequencies is None:
+            return self.config.cos_sin(positions, seq_len=seq_len, dtype=dtype)
+        if seq_len is not None:
+            check_int("seq_len", seq_len, minimum=1)
+        inv_freq, factor = self._frequencies
+        return cos_sin(inv_freq, positions, attention_factor=factor, dtype=dtype)
 
     def forward(
         self,
