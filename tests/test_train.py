@@ -34,10 +34,13 @@ def fresh(seed: int = 0, config: ModelConfig = TINY) -> Transformer:
     return Transformer(config)
 
 
+def settings(steps: int, seed: int = 0) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=4, warmup_steps=2, seed=seed, lr=3e-3)
+
+
 def run(steps: int, seed: int = 0, **kw) -> tuple[Transformer, list[float]]:
     model = fresh()
-    cfg = TrainConfig(steps=steps, batch_size=4, warmup_steps=2, seed=seed, lr=3e-3)
-    result = train(model, DATA, cfg, progress=False, **kw)
+    result = train(model, DATA, settings(steps, seed), progress=False, **kw)
     return model, result.losses
 
 
@@ -135,21 +138,19 @@ def test_corrupted_checkpoint_has_a_clear_error(tmp_path: Path) -> None:
     weights = tmp_path / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])  # truncated
-    with pytest.raises(RopeValueError, match="corrupted"):
+    with pytest.raises(RopeValueError, match="is corrupted"):
         load_checkpoint(tmp_path)
     weights.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(RopeValueError, match="corrupted"):
+    with pytest.raises(RopeValueError, match="is corrupted"):
         load_checkpoint(tmp_path)
-    with pytest.raises(RopeValueError, match="corrupted"):
-        train(fresh(), DATA, TrainConfig(steps=4, batch_size=4), out_dir=tmp_path, resume=True,
-              progress=False)  # fmt: skip
+    with pytest.raises(RopeValueError, match="is corrupted"):
+        train(fresh(), DATA, settings(4), out_dir=tmp_path, resume=True, progress=False)
     weights.write_bytes(good)
     (tmp_path / "optimizer.safetensors").unlink()
-    with pytest.raises(RopeValueError, match="missing"):
-        train(fresh(), DATA, TrainConfig(steps=4, batch_size=4), out_dir=tmp_path, resume=True,
-              progress=False)  # fmt: skip
+    with pytest.raises(RopeValueError, match=r"optimizer\.safetensors.* is missing"):
+        train(fresh(), DATA, settings(4), out_dir=tmp_path, resume=True, progress=False)
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(RopeValueError, match="corrupted"):
+    with pytest.raises(RopeValueError, match="is corrupted"):
         load_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(RopeValueError, match="format"):
@@ -170,6 +171,18 @@ def test_mismatched_checkpoint_has_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(RopeValueError, match="does not match the model"):
         load_checkpoint(tmp_path)
+
+
+def test_resume_refuses_other_training_settings(tmp_path: Path) -> None:
+    run(2, out_dir=tmp_path)
+    changed = TrainConfig(steps=4, batch_size=8, warmup_steps=2, lr=1e-3)
+    with pytest.raises(RopeValueError, match=r"other training settings.*'batch_size': \(4, 8\)"):
+        train(fresh(), DATA, changed, out_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(RopeValueError, match=r"'lr': \(0.003, 0.001\)"):
+        train(fresh(), DATA, changed, out_dir=tmp_path, resume=True, progress=False)
+    # More steps is a continuation, allowed.
+    result = train(fresh(), DATA, settings(4), out_dir=tmp_path, resume=True, progress=False)
+    assert result.start_step == 2 and len(result.losses) == 2
 
 
 def test_bad_train_arguments() -> None:

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -261,6 +262,7 @@ def load_checkpoint(
 def _resume(
     path: Path,
     model: Transformer,
+    config: TrainConfig,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> int:
@@ -275,6 +277,22 @@ def _resume(
         raise RopeValueError(
             f"checkpoint {str(path)!r} was saved for a different model: (saved, requested) = {diff}"
         )
+    # Resuming promises the run that training straight through would have given, so the
+    # settings must be those of the saved run; only ``steps`` may grow (or shrink).
+    saved_train = meta.get("train")
+    if isinstance(saved_train, dict):
+        requested = json.loads(json.dumps(config.to_dict()))  # tuples as the JSON lists saved
+        diff = {
+            k: (saved_train.get(k), v)
+            for k, v in requested.items()
+            if k != "steps" and saved_train.get(k) != v
+        }
+        if diff:
+            raise RopeValueError(
+                f"checkpoint {str(path)!r} was saved with other training settings: "
+                f"(saved, requested) = {diff}; expected the same settings (only steps may "
+                "change), or start a new run from its weights (load_checkpoint)"
+            )
     _load_weights(model, _load_tensors(path / "model.safetensors"), str(path))
     tensors = _load_tensors(path / "optimizer.safetensors")
     if "rng.data" not in tensors or "param_groups" not in meta:
@@ -307,7 +325,16 @@ def _progress(total: int, initial: int, desc: str, enabled: bool) -> Iterator[An
     except ImportError:  # pragma: no cover - tqdm is optional
         yield None
         return
-    bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+    # In a log file (not a terminal) every refresh is a new chunk of text: refresh rarely.
+    interactive = sys.stderr.isatty()
+    bar = tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.1 if interactive else 30.0,
+    )
     try:
         yield bar
     finally:
@@ -369,7 +396,7 @@ def train(
     start = 0
     out = None if out_dir is None else Path(out_dir)
     if resume and out is not None and (out / "config.json").exists():
-        start = _resume(out, model, optimizer, generator)
+        start = _resume(out, model, config, optimizer, generator)
     net: torch.nn.Module = model
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
