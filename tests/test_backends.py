@@ -545,6 +545,35 @@ def test_compiled_backend_forward_and_backward() -> None:
     )
 
 
+@pytest.mark.slow
+def test_compiled_backend_keeps_compiling_past_dynamos_default_limit(caplog) -> None:
+    # 3 dtypes x 2 layouts x (one tensor, a q/k pair) are 12 graphs of one compiled
+    # function, more than Dynamo's default limit of 8, past which it refuses to compile
+    # (fullgraph=True: an error). Results: the reference formula, within one rounding.
+    import torch._dynamo.utils as dynamo_utils
+
+    dynamo_utils.counters.clear()
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for interleaved in (False, True):
+            q, _, _, cos, sin = case(b=1, h=2, s=3, d=8, dtype=dtype, seed=17)
+            k, _, _, _, _ = case(b=1, h=1, s=3, d=8, dtype=dtype, seed=18)
+            want = [apply_rope(t, cos, sin, interleaved=interleaved) for t in (q, k)]
+            got = [
+                (apply_rope(q, cos, sin, interleaved=interleaved, backend="compiled"),),
+                apply_rope_qk(q, k, cos, sin, interleaved=interleaved, backend="compiled"),
+                apply_rope_qk(
+                    q, k, cos, sin, interleaved=interleaved, backend="compiled",
+                    out=(torch.empty_like(q), torch.empty_like(k)),
+                ),
+            ]  # fmt: skip
+            for results in got:
+                for y, w in zip(results, want, strict=False):
+                    torch.testing.assert_close(y, w, **TOL[dtype])
+    assert "recompile_limit" not in caplog.text
+    assert not dynamo_utils.counters["unimplemented"]
+    assert torch._dynamo.config.recompile_limit == 8  # restored after each call
+
+
 def test_bench_subcommand_parses_and_formats() -> None:
     # `ropekit bench` itself is timing (benchmarks/, not tests): check its interface and
     # report format on a made-up result.

@@ -41,7 +41,10 @@ from .eager import rope_reference, rotate_torch
 
 __all__ = ["Backend", "parse_backend", "resolve_backend", "rotate"]
 
-Kernel = Callable[..., None]
+#: ``kernel(xs, outs, cos, sin, *, interleaved, inverse) -> outs``: writes the rotation of
+#: each ``xs[i]`` into ``outs[i]`` (which may be ``xs[i]``), or into new tensors that it
+#: allocates when ``outs`` is None (the compiled backend lets its graph allocate them).
+Kernel = Callable[..., tuple[torch.Tensor, ...]]
 
 
 class Backend(str, enum.Enum):
@@ -145,8 +148,9 @@ class _Rotate(torch.autograd.Function):
         inplace: bool,
         *xs: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        outs = xs if inplace else tuple(torch.empty_like(x) for x in xs)
-        kernel(xs, outs, cos, sin, interleaved=interleaved, inverse=inverse)
+        outs = kernel(
+            xs, xs if inplace else None, cos, sin, interleaved=interleaved, inverse=inverse
+        )
         if inplace:
             ctx.mark_dirty(*xs)
         ctx.save_for_backward(cos, sin)
@@ -244,14 +248,8 @@ def rotate(
 
     if needs_grad:
         return _Rotate.apply(kernel, cos, sin, interleaved, False, inplace, *xs)
-    if inplace:
-        targets: Sequence[torch.Tensor] = xs
-    elif outs is not None:
-        targets = outs
-    else:
-        targets = [torch.empty_like(x) for x in xs]
-    kernel(xs, targets, cos, sin, interleaved=interleaved, inverse=False)
-    return tuple(targets)
+    targets = xs if inplace else outs
+    return kernel(xs, targets, cos, sin, interleaved=interleaved, inverse=False)
 
 
 @functools.cache

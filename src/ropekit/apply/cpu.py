@@ -230,14 +230,15 @@ def _dense(
 
 def rotate_cpu(
     xs: Sequence[torch.Tensor],
-    outs: Sequence[torch.Tensor],
+    outs: Sequence[torch.Tensor] | None,
     cos: torch.Tensor,
     sin: torch.Tensor,
     *,
     interleaved: bool,
     inverse: bool,
-) -> None:
-    """Write the rotation of each CPU tensor ``xs[i]`` into ``outs[i]`` (may be ``xs[i]``).
+) -> tuple[torch.Tensor, ...]:
+    """Write the rotation of each CPU tensor ``xs[i]`` into ``outs[i]`` (may be ``xs[i]``)
+    and return ``outs`` (new tensors when ``outs`` is None).
 
     Tensors are read through their strides (``[b, s, h, d]`` transposed views, broadcast
     tables) with no copies, as long as lanes have stride 1 and at most six batch dims
@@ -249,12 +250,13 @@ def rotate_cpu(
     dtype, d = xs[0].dtype, xs[0].shape[-1]
     code = _DTYPE_CODES.get(dtype)
     if code is None or (dtype == torch.float16 and not lib.float16):
-        rotate_torch(xs, outs, cos, sin, interleaved=interleaved, inverse=inverse)
-        return
+        return rotate_torch(xs, outs, cos, sin, interleaved=interleaved, inverse=inverse)
+    if outs is None:
+        outs = [torch.empty_like(x) for x in xs]
     if len(xs) > _MAX_TENSORS or any(x.dtype != dtype or x.shape[-1] != d for x in xs):
         for x, y in zip(xs, outs, strict=True):  # one call per tensor
             rotate_cpu((x,), (y,), cos, sin, interleaved=interleaved, inverse=inverse)
-        return
+        return tuple(outs)
     work = torch.float64 if dtype == torch.float64 else torch.float32  # compute_dtype
     c = cos if cos.dtype == work else cos.to(work)
     s = sin if sin.dtype == work else sin.to(work)
@@ -281,6 +283,7 @@ def rotate_cpu(
                 y.copy_(yk)
     if status != 0:  # only on a mismatch between this file and rope_cpu.c
         raise RuntimeError(f"ropekit CPU kernel failed with status {status}")
+    return tuple(outs)
 
 
 def _run(

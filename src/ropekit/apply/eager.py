@@ -64,14 +64,15 @@ def rope_reference(
 
 def rotate_torch(
     xs: Sequence[torch.Tensor],
-    outs: Sequence[torch.Tensor],
+    outs: Sequence[torch.Tensor] | None,
     cos: torch.Tensor,
     sin: torch.Tensor,
     *,
     interleaved: bool,
     inverse: bool,
-) -> None:
-    """``Backend.TORCH``: write the rotation of each ``xs[i]`` into ``outs[i]`` (any device).
+) -> tuple[torch.Tensor, ...]:
+    """``Backend.TORCH``: write the rotation of each ``xs[i]`` into ``outs[i]`` (any device)
+    and return ``outs`` (new tensors when ``outs`` is None).
 
     ``outs[i]`` may be ``xs[i]`` itself (in place). ``inverse`` rotates by ``-angle``.
     Not differentiable by itself (``torch.autograd`` sees ``out=`` writes); ropekit wraps
@@ -84,6 +85,8 @@ def rotate_torch(
     FMA (one rounding instead of two), so results can differ from the formula's in the
     last bit: both are within one rounding step of the exact rotation.
     """
+    if outs is None:
+        outs = [torch.empty_like(x) for x in xs]
     n = cos.shape[-1]
     sign = -1.0 if inverse else 1.0
     for x, out in zip(xs, outs, strict=True):
@@ -102,3 +105,4 @@ def rotate_torch(
             out_b.copy_(torch.mul(b, c).addcmul_(a, s, value=sign))
         if out.data_ptr() != x.data_ptr() and 2 * n < x.shape[-1]:
             out[..., 2 * n :].copy_(x[..., 2 * n :])
+    return tuple(outs)
