@@ -48,15 +48,15 @@ def rope_reference(
     n = cos.shape[-1]
     work = compute_dtype(x.dtype)
     c, s = cos.to(work), sin.to(work)
-    rot = x[..., : 2 * n].to(work)
+    a, b = (lane.to(work) for lane in _pairs(x, n, interleaved))
+    # Each half is rounded to x.dtype before it is joined (the same values as rounding the
+    # joined result): Inductor then fuses the join into the loop that computes it, instead
+    # of materialising a float32 intermediate (~3x slower in bf16 under torch.compile).
+    ya, yb = (a * c - b * s).to(x.dtype), (b * c + a * s).to(x.dtype)
     if interleaved:
-        pairs = rot.unflatten(-1, (n, 2))
-        a, b = pairs[..., 0], pairs[..., 1]
-        out = torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2)
+        out = torch.stack((ya, yb), dim=-1).flatten(-2)
     else:
-        a, b = rot[..., :n], rot[..., n:]
-        out = torch.cat((a * c - b * s, b * c + a * s), dim=-1)
-    out = out.to(x.dtype)
+        out = torch.cat((ya, yb), dim=-1)
     if 2 * n == x.shape[-1]:
         return out
     return torch.cat((out, x[..., 2 * n :]), dim=-1)
