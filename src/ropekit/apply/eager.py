@@ -53,10 +53,9 @@ def rope_reference(
     # joined result): Inductor then fuses the join into the loop that computes it, instead
     # of materialising a float32 intermediate (~3x slower in bf16 under torch.compile).
     ya, yb = (a * c - b * s).to(x.dtype), (b * c + a * s).to(x.dtype)
-    if interleaved:
-        out = torch.stack((ya, yb), dim=-1).flatten(-2)
-    else:
-        out = torch.cat((ya, yb), dim=-1)
+    out = (
+        torch.stack((ya, yb), dim=-1).flatten(-2) if interleaved else torch.cat((ya, yb), dim=-1)
+    )
     if 2 * n == x.shape[-1]:
         return out
     return torch.cat((out, x[..., 2 * n :]), dim=-1)

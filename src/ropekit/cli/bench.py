@@ -20,7 +20,8 @@ Method (one process):
 Peers (each used as its documentation shows, with tables precomputed where the library
 lets the caller do so): Hugging Face ``apply_rotary_pos_emb`` (Llama), Meta's complex
 form (written here from Meta's reference ``apply_rotary_emb``: benchmark only),
-torchtune's ``RotaryPositionalEmbeddings``, ``rotary-embedding-torch``, and a
+torchtune's ``RotaryPositionalEmbeddings`` (its file loaded by itself when ``import
+torchtune`` fails for want of torchao), ``rotary-embedding-torch``, and a
 ``torch.compile``'d fused ``cat(x1 c - x2 s, x2 c + x1 s)`` computed in float32 (each half
 cast back before the ``cat``, the faster form). Missing peers are listed as unavailable,
 with the reason. ropekit's rows use precomputed float32 ``[s, n]`` tables, except the
@@ -249,11 +250,36 @@ def _meta(inp: _Inputs) -> Step | str:
     return _wrap(inp, lambda q, k: _meta_complex(q, k, freqs_cis))
 
 
-def _torchtune(inp: _Inputs) -> Step | str:
+def _torchtune_rope() -> type | str:
+    """torchtune's ``RotaryPositionalEmbeddings`` class, or why it is unavailable.
+
+    ``import torchtune`` refuses to run without torchao (not installable here), but the
+    class's own file imports only torch: load that file by itself, unmodified.
+    """
+    import importlib.util
+
     try:
         from torchtune.modules import RotaryPositionalEmbeddings
+
+        return RotaryPositionalEmbeddings
     except Exception as err:  # torchtune raises a plain Exception without torchao
-        return f"torchtune not importable ({str(err).strip().splitlines()[0][:60]})"
+        why = str(err).strip().splitlines()[0][:60]
+    spec = importlib.util.find_spec("torchtune")
+    if spec is None or not spec.submodule_search_locations:
+        return f"torchtune not installed ({why})"
+    path = os.path.join(spec.submodule_search_locations[0], "modules", "position_embeddings.py")
+    file_spec = importlib.util.spec_from_file_location("_torchtune_position_embeddings", path)
+    if file_spec is None or file_spec.loader is None or not os.path.isfile(path):
+        return f"torchtune not importable ({why})"
+    module = importlib.util.module_from_spec(file_spec)
+    file_spec.loader.exec_module(module)
+    return module.RotaryPositionalEmbeddings
+
+
+def _torchtune(inp: _Inputs) -> Step | str:
+    RotaryPositionalEmbeddings = _torchtune_rope()
+    if isinstance(RotaryPositionalEmbeddings, str):
+        return RotaryPositionalEmbeddings
     case = inp.case
     rope = RotaryPositionalEmbeddings(case.d, max_seq_len=case.offset + case.s)
     pos = torch.arange(case.offset, case.offset + case.s)
