@@ -11,8 +11,8 @@
 #
 # Every step runs under `timeout` and the script goes on past failures; $OUT/summary.txt
 # records each step's exit status and duration, and the log ends with a compact table.
-# Wheels in .whl/ (carried, git-ignored) are installed to /tmp/site first: liger-kernel,
-# llama-models, rotary-embedding-torch.
+# Wheels in .whl/ (carried, git-ignored; fetch them here with gpu/fetch_wheels.sh) are
+# installed to /tmp/site first: liger-kernel, llama-models, rotary-embedding-torch.
 #
 # Lead's call:  run(command="bash gpu/run_gpu_checks.sh", carry=[".whl"], timeout_s=240)
 set -u
