@@ -100,6 +100,8 @@ def test_module_tables_equal_the_configs_for_every_preset(name: str) -> None:
         got = rope.cos_sin(positions, seq_len=seq_len, dtype=torch.float64)
         want = cfg.cos_sin(positions, seq_len=seq_len, dtype=torch.float64)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), seq_len
+    with pytest.raises(AttributeError):  # frequencies kept from construction stay its own
+        rope.config = ropekit.RopeConfig(head_dim=cfg.head_dim, theta=2.0)  # type: ignore[misc]
 
 
 def test_odd_and_partial_head_dims() -> None:

@@ -162,9 +162,8 @@ def _check_separate(
                 if i == j and out.data_ptr() == x.data_ptr() and out.stride() == x.stride():
                     continue
                 raise RopeValueError(
-                    f"{out_names[i]} overlaps {x_names[j]} in memory without being "
-                    f"{x_names[i]} itself: expected separate memory, or {x_names[i]} itself "
-                    "for an in-place rotation"
+                    f"{out_names[i]} overlaps {x_names[j]} in memory: expected separate "
+                    f"memory, or {x_names[i]} itself for an in-place rotation"
                 )
         for j in range(i + 1, len(outs)):
             p0, p1 = o_spans[j]

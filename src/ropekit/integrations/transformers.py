@@ -157,8 +157,13 @@ class ExactRotaryEmbedding(nn.Module):
                 "config.interleaved=True is not allowed: Hugging Face's rotate_half pairs lanes "
                 "(i, i + n), expected interleaved=False"
             )
-        self.config = config
+        self._config = config
         self._frequencies = fixed_frequencies(config)
+
+    @property
+    def config(self) -> RopeConfig:
+        """The :class:`~ropekit.RopeConfig` (read-only, as in :class:`ropekit.RotaryEmbedding`)."""
+        return self._config
 
     def extra_repr(self) -> str:
         return repr(self.config)

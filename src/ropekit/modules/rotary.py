@@ -97,9 +97,15 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if not isinstance(config, RopeConfig):
             raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
-        self.config = config
+        self._config = config
         self.backend = parse_backend(backend)
         self._frequencies = fixed_frequencies(config)
+
+    @property
+    def config(self) -> RopeConfig:
+        """The layer's :class:`~ropekit.RopeConfig` (read-only: build a new module to change
+        it, so that the frequencies kept from construction always match it)."""
+        return self._config
 
     def extra_repr(self) -> str:
         return f"{self.config!r}, backend={self.backend.value!r}"
