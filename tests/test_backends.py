@@ -31,7 +31,7 @@ from ropekit.apply import (
     apply_rope_qk_,
 )
 from ropekit.apply import cpu as cpu_backend
-from ropekit.apply.backends import resolve_backend
+from ropekit.apply.dispatch import resolve_backend
 from tests.conftest import TOL
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -157,8 +157,8 @@ def test_cpu_kernel_layouts_it_does_not_take_still_work() -> None:
     x8 = torch.randn(2, 3, 2, 3, 2, 3, 2, 3, 4, generator=g)
     c8 = torch.rand(2, 1, 2, 1, 2, 1, 2, 1, 2, generator=g)
     out = torch.empty_like(x8)
-    records = (ctypes.c_int64 * 80)(*cpu_backend._record(x8, out, c8, c8))
-    status = cpu_backend.kernel().rotate(1, records, 0, 2, 4, 0, 0, 1)
+    records = (ctypes.c_int64 * 80)(*cpu_backend.loader._record(x8, out, c8, c8))
+    status = cpu_backend.loader.kernel().rotate(1, records, 0, 2, 4, 0, 0, 1)
     assert status == 3  # too many dims: refused by the kernel
     want = apply_rope(x8, c8, c8, backend="reference")
     assert torch.equal(apply_rope(x8, c8, c8, backend="cpu"), want)

@@ -1,21 +1,25 @@
-"""Applying the rotation: validation, the public functions and their backends."""
+"""Applying the rotation.
 
-from .backends import Backend
-from .rotate import (
-    apply_rope,
-    apply_rope_,
-    apply_rope_qk,
-    apply_rope_qk_,
-    check_rope_args,
-    compute_dtype,
-)
+Imports flow one way: ``api`` (the public functions) → ``checks`` (the one argument
+checker) and ``dispatch`` (the kernel protocol, the backend registry and the shared
+autograd Function in ``autograd``) → the kernels: ``formula`` (the torch formula, the
+``reference`` and ``torch`` backends), ``cpu/`` (the C kernel), ``compiled``,
+``triton/`` (kernel, launch planning, torch op). Kernel backends are imported on first
+use.
+"""
+
+from .api import apply_rope, apply_rope_, apply_rope_qk, apply_rope_qk_, apply_rotary_pos_emb
+from .checks import LAYOUTS
+from .dispatch import Backend
+from .formula import compute_dtype
 
 __all__ = [
+    "LAYOUTS",
     "Backend",
     "apply_rope",
     "apply_rope_",
     "apply_rope_qk",
     "apply_rope_qk_",
-    "check_rope_args",
+    "apply_rotary_pos_emb",
     "compute_dtype",
 ]

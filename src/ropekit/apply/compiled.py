@@ -1,6 +1,6 @@
 """``Backend.COMPILED``: the torch formula fused by ``torch.compile`` (Inductor), any device.
 
-Inductor turns :func:`~ropekit.apply.eager.rope_reference` of q and k into one loop
+Inductor turns :func:`~ropekit.apply.formula.rope_reference` of q and k into one loop
 (C++ on CPU, Triton on GPU). Costs, measured on a 2-core CPU with torch 2.13
 (``docs/performance.md``): ~18 s for the first compilation on a machine (cold Inductor
 cache), ~3-4 s for the first call of a process once that cache is warm, ~0.2-0.4 s per
@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .eager import rope_reference
+from .formula import rope_reference
 
-__all__ = ["rotate_compiled"]
+__all__ = ["load", "rotate_compiled"]
 
 
 # One graph per dtype, layout, tensor count and pattern of size-1 dims (torch specialises
@@ -59,6 +59,7 @@ def rotate_compiled(
     outs: Sequence[torch.Tensor] | None,
     cos: torch.Tensor,
     sin: torch.Tensor,
+    rows: object = None,
     *,
     interleaved: bool,
     inverse: bool,
@@ -86,3 +87,8 @@ def rotate_compiled(
     finally:
         config.recompile_limit = limit
     return tuple(outs)
+
+
+def load() -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The backend's kernel (torch.compile is always there; it compiles on first use)."""
+    return rotate_compiled

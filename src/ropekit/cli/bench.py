@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..apply.rotate import apply_rope_qk, apply_rope_qk_
+from ..apply.api import apply_rope_qk, apply_rope_qk_
 from ..config import RopeConfig
 from ..frequencies.base import inv_freq
 from ..modules.rotary import RotaryEmbedding

@@ -31,7 +31,8 @@ from torch import nn
 from ..config import RopeConfig
 from ..errors import RopeValueError, check_float, check_int, check_tensor
 from ..frequencies.scaling import Scaling, scaling_from_dict
-from ..modules.rotary import RotaryEmbedding, default_positions
+from ..modules.rotary import RotaryEmbedding
+from ..positions import default_positions
 
 __all__ = ["KVCache", "ModelConfig", "Transformer", "generate"]
 

@@ -1,5 +1,5 @@
 """``nn.Module`` wrappers."""
 
-from .rotary import RotaryEmbedding, default_positions
+from .rotary import RotaryEmbedding
 
-__all__ = ["RotaryEmbedding", "default_positions"]
+__all__ = ["RotaryEmbedding"]

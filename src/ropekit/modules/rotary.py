@@ -19,6 +19,16 @@ Consequences, all deliberate:
 The price is ``2 * s * n`` float64 cos/sin per call, shared by q and k and by all heads
 (about 1% of the rotation work at ``b*h = 32``).
 
+Devices: the ``[n]`` float64 frequencies follow the module (``module.to("cuda")``,
+``.cuda()``, ``to_empty``) but keep float64 under ``module.to(torch.bfloat16)``: the
+module overrides ``_apply`` to move them, never to cast them. A call on tensors of the
+module's device then does no host↔device copy and no host sync, so a decode step can be
+captured in a CUDA graph. (Tensors on another device still work, at the cost of a copy.)
+
+Layouts: ``layout=`` (``"bhsd"`` default, ``"bshd"``, packed ``"thd"``) says how q and
+k are laid out; it is never guessed from the shapes (with equal q and k head counts a
+``[b, s, h, d]`` tensor would be silently rotated along the wrong axis).
+
 ``torch.compile``: ``forward`` traces into one graph (``fullgraph=True``) with symbolic
 sequence lengths and offsets. Methods whose tables depend on the length (dynamic NTK,
 LongRoPE) need that length as a number, never read from tensor data: it is
@@ -30,35 +40,21 @@ compiled graph would be a data-dependent graph break, so there it raises instead
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from ..apply.backends import Backend, parse_backend
-from ..apply.rotate import apply_rope_qk, compute_dtype
+from ..apply.api import apply_rope, apply_rope_qk
+from ..apply.checks import LAYOUTS
+from ..apply.dispatch import Backend, parse_backend
+from ..apply.formula import compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError, check_int, check_tensor
+from ..positions import Positions
 from ..tables.cos_sin import cos_sin
 
-__all__ = ["RotaryEmbedding", "default_positions", "fixed_frequencies"]
-
-
-def default_positions(
-    seq_len: int, offset: int | torch.Tensor = 0, *, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """``offset + arange(seq_len)``: ``[s]`` for an int offset, ``[b, s]`` for a ``[b]`` tensor.
-
-    Positions are int64 regardless of any floating dtype around them, so they stay exact.
-    """
-    if isinstance(offset, torch.Tensor):
-        if offset.ndim != 1 or offset.is_floating_point() or offset.dtype == torch.bool:
-            raise RopeValueError(
-                f"offset of shape {tuple(offset.shape)} and dtype {offset.dtype} is not allowed: "
-                "expected an int or a 1-D integer tensor [b]"
-            )
-        steps = torch.arange(seq_len, device=offset.device, dtype=torch.int64)
-        return offset.to(torch.int64)[:, None] + steps
-    check_int("offset", offset)
-    return torch.arange(offset, offset + seq_len, device=device, dtype=torch.int64)
+__all__ = ["RotaryEmbedding", "fixed_frequencies"]
 
 
 def fixed_frequencies(config: RopeConfig) -> tuple[torch.Tensor, float] | None:
@@ -77,29 +73,45 @@ def fixed_frequencies(config: RopeConfig) -> tuple[torch.Tensor, float] | None:
         return config.frequencies()
 
 
+def _check_layout(layout: object) -> str:
+    if layout not in LAYOUTS:
+        raise RopeValueError(f"layout={layout!r} is not allowed: expected one of {LAYOUTS}")
+    return layout  # type: ignore[return-value]
+
+
 class RotaryEmbedding(nn.Module):
-    """Applies RoPE to queries and keys as configured by ``config``.
+    """Applies RoPE to queries (and keys) as configured by ``config``.
 
     Args:
         config: the layer's :class:`~ropekit.RopeConfig`.
         backend: implementation of the rotation, a :class:`ropekit.Backend` or its name
             (see :func:`ropekit.apply_rope`); ``"auto"`` picks the fastest for the
             tensors' device. It changes speed, never the result beyond last-bit rounding.
+        layout: ``"bhsd"`` (``[b, h, s, d]``, default), ``"bshd"`` (``[b, s, h, d]``) or
+            ``"thd"`` (packed ``[t, h, d]``, with ``cu_seqlens``).
 
     Example:
         >>> rope = RotaryEmbedding(RopeConfig(head_dim=64, theta=10000.0))
         >>> q, k = torch.randn(2, 8, 16, 64), torch.randn(2, 2, 16, 64)
         >>> q_rot, k_rot = rope(q, k)                    # positions 0..15
         >>> q_next, k_next = rope(q[:, :, :1], k[:, :, :1], offset=16)  # decoding
+        >>> q_only = rope(q)                             # queries alone (k=None)
+        >>> packed = RotaryEmbedding(RopeConfig(head_dim=64), layout="thd")
+        >>> qp, kp = packed(torch.randn(5, 8, 64), torch.randn(5, 2, 64),
+        ...                 cu_seqlens=torch.tensor([0, 3, 5]))  # positions 0,1,2,0,1
     """
 
-    def __init__(self, config: RopeConfig, *, backend: Backend | str = "auto") -> None:
+    def __init__(
+        self, config: RopeConfig, *, backend: Backend | str = "auto", layout: str = "bhsd"
+    ) -> None:
         super().__init__()
         if not isinstance(config, RopeConfig):
             raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
         self._config = config
         self.backend = parse_backend(backend)
-        self._frequencies = fixed_frequencies(config)
+        self.layout = _check_layout(layout)
+        self._frequencies = fixed_frequencies(config)  # float64, CPU: the master copy
+        self._inv_freq = None if self._frequencies is None else self._frequencies[0]
 
     @property
     def config(self) -> RopeConfig:
@@ -108,7 +120,16 @@ class RotaryEmbedding(nn.Module):
         return self._config
 
     def extra_repr(self) -> str:
-        return f"{self.config!r}, backend={self.backend.value!r}"
+        return f"{self.config!r}, backend={self.backend.value!r}, layout={self.layout!r}"
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
+        # Follow the module's device, never its dtype: the device is read off a probe
+        # tensor passed through fn, and the values are copied from the float64 master.
+        super()._apply(fn, recurse)
+        if self._frequencies is not None:
+            probe = fn(torch.empty(0, dtype=torch.float64, device=self._inv_freq.device))
+            self._inv_freq = self._frequencies[0].to(probe.device)
+        return self
 
     def cos_sin(
         self,
@@ -125,92 +146,102 @@ class RotaryEmbedding(nn.Module):
             return self.config.cos_sin(positions, seq_len=seq_len, dtype=dtype)
         if seq_len is not None:
             check_int("seq_len", seq_len, minimum=1)
-        inv_freq, factor = self._frequencies
-        return cos_sin(inv_freq, positions, attention_factor=factor, dtype=dtype)
+        inv_freq = self._inv_freq
+        if inv_freq.device != positions.device:  # module not moved with its inputs: a copy
+            inv_freq = self._frequencies[0].to(positions.device)
+        return cos_sin(inv_freq, positions, attention_factor=self._frequencies[1], dtype=dtype)
 
     def forward(
         self,
         q: torch.Tensor,
-        k: torch.Tensor,
+        k: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         *,
         offset: int | torch.Tensor = 0,
+        cu_seqlens: torch.Tensor | None = None,
         seq_len: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate ``q`` ``[b, h_q, s, d]`` and ``k`` ``[b, h_k, s, d]``.
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Rotate ``q`` and ``k`` (``[b, h_q, s, d]``/``[b, h_k, s, d]`` for ``bhsd``;
+        ``[b, s, h, d]`` for ``bshd``; ``[t, h, d]`` for ``thd``).
 
         Args:
-            q, k: floating tensors with equal ``b``, ``s`` and ``d == config.head_dim``.
-            positions: ``[s]`` (shared by the batch) or ``[b, s]`` (per row, e.g. left
-                padding or packed sequences) integer positions. Defaults to
-                ``offset + arange(s)``.
-            offset: int, or ``[b]`` integer tensor, used when ``positions`` is None
-                (the number of tokens already in the KV cache).
+            q, k: floating tensors with equal ``b`` and ``s`` (or ``t``) and
+                ``d == config.head_dim``; ``k=None`` rotates the queries alone.
+            positions: integer ``[s]`` (shared by the batch), ``[b, s]`` (per row, e.g.
+                left padding) or, packed, ``[t]``. Default: see :mod:`ropekit.positions`
+                (``offset + arange(s)``; with ``cu_seqlens``, restarting per document).
+            offset: int, or integer ``[b]`` tensor (one per batch row) / ``[#docs]``
+                (with ``cu_seqlens``, each document's start), added to the positions.
+            cu_seqlens: packed (``thd``) only: int ``[#docs + 1]`` document boundaries.
             seq_len: the length the tables are for, ``max(position) + 1`` (read only by
                 length-dependent scaling: dynamic NTK, LongRoPE). Default: ``offset + s``
-                for an int ``offset``; otherwise read from the positions, which
-                ``torch.compile`` cannot do, so pass it there.
+                for implicit positions and an int ``offset``; otherwise read from the
+                positions, which ``torch.compile`` cannot do, so pass it there.
 
         Returns:
-            ``(q_rot, k_rot)`` with the shapes and dtypes of ``q`` and ``k``.
+            ``(q_rot, k_rot)`` shaped and typed like ``q`` and ``k``; ``q_rot`` alone
+            when ``k`` is None.
         """
         check_tensor("q", q)
-        check_tensor("k", k)
-        if q.ndim != 4 or k.ndim != 4:
+        xs = (q,) if k is None else (q, check_tensor("k", k))
+        layout = self.layout
+        packed = layout == "thd"
+        rank = 3 if packed else 4
+        if any(x.ndim != rank for x in xs):
+            want = {"bhsd": "[b, h, s, d]", "bshd": "[b, s, h, d]", "thd": "[t, h, d]"}[layout]
+            shapes = ", ".join(f"{n}.shape={tuple(x.shape)}" for n, x in zip("qk", xs))
             raise RopeValueError(
-                f"q.shape={tuple(q.shape)}, k.shape={tuple(k.shape)}: expected 4-D [b, h, s, d]"
+                f"{shapes}: expected {want} for layout={layout!r} (set layout= on the module "
+                "to say how q and k are laid out; it is never guessed)"
             )
-        b, _, s, d = q.shape
-        if k.shape[0] != b or k.shape[2] != s or k.shape[3] != d:
-            raise RopeValueError(
-                f"q.shape={tuple(q.shape)} and k.shape={tuple(k.shape)} do not match: expected "
-                "equal batch, sequence and head dims ([b, h_q, s, d] and [b, h_k, s, d])"
-            )
+        b, s = (None, q.shape[0]) if packed else (q.shape[0], q.shape[1 if layout == "bshd" else 2])
+        d = q.shape[-1]
+        if k is not None:
+            kb, ks = (None, k.shape[0]) if packed else (k.shape[0], k.shape[1 if layout == "bshd" else 2])
+            if kb != b or ks != s or k.shape[-1] != d:
+                raise RopeValueError(
+                    f"q.shape={tuple(q.shape)} and k.shape={tuple(k.shape)} do not match: "
+                    f"expected equal batch, sequence (or token) and head dims for layout={layout!r}"
+                )
         if d != self.config.head_dim:
             raise RopeValueError(
                 f"q.shape[-1]={d} is not allowed: expected head_dim={self.config.head_dim}"
             )
-        implicit = positions is None
-        if positions is None:
-            positions = default_positions(s, offset, device=q.device)
-        else:
-            check_tensor("positions", positions)
-            if tuple(positions.shape) not in ((s,), (b, s)):
-                raise RopeValueError(
-                    f"positions.shape={tuple(positions.shape)} is not allowed: expected [s]=({s},) "
-                    f"or [b, s]=({b}, {s})"
-                )
-        seq_len = self._seq_len(positions, implicit, offset, s, seq_len)
+        where = Positions.check(
+            s, b, positions=positions, offset=offset, cu_seqlens=cu_seqlens, device=q.device
+        )
+        rows = where.rows(q.device)  # int64 [s], [b, s] or [t]
+        seq_len = self._seq_len(rows, where, s, seq_len)
         # Tables in float32 for half/float32 inputs (float64 for float64 inputs): the
         # rotation itself runs in that dtype, so rounding them to bf16 first would only
         # add error.
-        table_dtype = compute_dtype(torch.promote_types(q.dtype, k.dtype))
-        cos, sin = self.cos_sin(positions, dtype=table_dtype, seq_len=seq_len)
-        if positions.ndim == 2:  # [b, s, n] -> [b, 1, s, n], shared by all heads
-            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        return apply_rope_qk(
-            q, k, cos, sin, interleaved=self.config.interleaved, backend=self.backend
-        )
+        dtype = q.dtype if k is None else torch.promote_types(q.dtype, k.dtype)
+        cos, sin = self.cos_sin(rows, dtype=compute_dtype(dtype), seq_len=seq_len)
+        # [*P, n] to broadcast over the heads in the caller's layout
+        if layout == "bhsd":
+            if rows.ndim == 2:  # [b, s, n] -> [b, 1, s, n]
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        else:  # [s, n] -> [s, 1, n]; [b, s, n] -> [b, s, 1, n]; [t, n] -> [t, 1, n]
+            cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+        args = dict(layout=layout, interleaved=self.config.interleaved, backend=self.backend)
+        if k is None:
+            return apply_rope(q, cos, sin, **args)
+        return apply_rope_qk(q, k, cos, sin, **args)
 
     def _seq_len(
-        self,
-        positions: torch.Tensor,
-        implicit: bool,
-        offset: int | torch.Tensor,
-        s: int,
-        seq_len: int | None,
+        self, rows: torch.Tensor, where: Positions, s: int, seq_len: int | None
     ) -> int | None:
         """The length for length-dependent scaling, without reading tensor data if possible."""
         if not self.config.method.depends_on_seq_len:
             return None
         if seq_len is not None:
             return check_int("seq_len", seq_len, minimum=1)
-        if implicit and not isinstance(offset, torch.Tensor):
-            return offset + s  # positions offset .. offset + s - 1
+        if where.implicit:
+            return where.offset + s  # positions offset .. offset + s - 1
         if torch.compiler.is_compiling():
             raise RopeValueError(
                 f"scaling {self.config.method.name!r} needs the sequence length, which would be "
                 "read from the positions tensor (a data-dependent graph break under "
                 "torch.compile): pass seq_len=max(position) + 1"
             )
-        return int(positions.max()) + 1
+        return int(rows.max()) + 1 if rows.numel() else 1

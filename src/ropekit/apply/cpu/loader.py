@@ -29,15 +29,15 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from ..errors import RopeValueError
-from .eager import rotate_torch
+from ...errors import RopeValueError
+from ..formula import rotate_torch
 
-__all__ = ["cpu_kernel_available", "cpu_kernel_status", "rotate_cpu"]
+__all__ = ["cpu_kernel_available", "cpu_kernel_status", "load", "rotate_cpu"]
 
 _SOURCE = Path(__file__).with_name("rope_cpu.c")
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -165,6 +165,12 @@ def _load() -> _Kernel | str:
     return "could not build the CPU kernel: " + " | ".join(errors)
 
 
+def load() -> Callable[..., tuple[torch.Tensor, ...]] | str:
+    """The backend's kernel (:func:`rotate_cpu`), or why it cannot run here."""
+    loaded = _load()
+    return rotate_cpu if isinstance(loaded, _Kernel) else loaded
+
+
 def cpu_kernel_available() -> bool:
     """Whether ``backend="cpu"`` can run (builds the kernel on the first call)."""
     return isinstance(_load(), _Kernel)
@@ -233,6 +239,7 @@ def rotate_cpu(
     outs: Sequence[torch.Tensor] | None,
     cos: torch.Tensor,
     sin: torch.Tensor,
+    rows: object = None,
     *,
     interleaved: bool,
     inverse: bool,

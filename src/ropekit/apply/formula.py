@@ -8,8 +8,10 @@ in the half layout, ``x[..., 0:2n:2]``/``x[..., 1:2n:2]`` interleaved)::
     y_b = b cos + a sin
     y[..., 2n:] = x[..., 2n:]
 
-Both functions do the products and sums in :func:`compute_dtype` (float32 for half
-precision) and round once to ``x.dtype``.
+Both do the products and sums in :func:`compute_dtype` (float32 for half precision) and
+round once to ``x.dtype``. ``rotate_reference`` and ``rotate_torch`` are the ``reference``
+and ``torch`` backends: they implement the kernel protocol of
+:mod:`ropekit.apply.dispatch`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["compute_dtype", "rope_reference", "rotate_torch"]
+__all__ = ["compute_dtype", "rope_reference", "rotate_reference", "rotate_torch"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -61,11 +63,37 @@ def rope_reference(
     return torch.cat((out, x[..., 2 * n :]), dim=-1)
 
 
+def rotate_reference(
+    xs: Sequence[torch.Tensor],
+    outs: Sequence[torch.Tensor] | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    rows: object = None,
+    *,
+    interleaved: bool,
+    inverse: bool,
+) -> tuple[torch.Tensor, ...]:
+    """``Backend.REFERENCE``: :func:`rope_reference` of each tensor (torch's own autograd,
+    so differentiable in the tables too); written into ``outs`` when given.
+
+    ``rows`` is always None: the dispatcher gathers table rows for this backend.
+    """
+    if inverse:
+        sin = -sin
+    ys = [rope_reference(x, cos, sin, interleaved=interleaved) for x in xs]
+    if outs is None:
+        return tuple(ys)
+    for out, y in zip(outs, ys, strict=True):
+        out.copy_(y)
+    return tuple(outs)
+
+
 def rotate_torch(
     xs: Sequence[torch.Tensor],
     outs: Sequence[torch.Tensor] | None,
     cos: torch.Tensor,
     sin: torch.Tensor,
+    rows: object = None,
     *,
     interleaved: bool,
     inverse: bool,

@@ -2,7 +2,7 @@
  *
  * Built on first use by ropekit/apply/cpu.py (`cc -O3 -ffp-contract=off
  * -fno-tree-slp-vectorize -march=native -fopenmp`), cached on disk and loaded with ctypes;
- * the torch formula it must match is ropekit.apply.eager.rope_reference.
+ * the torch formula it must match is ropekit.apply.formula.rope_reference.
  *
  * For every row x of d lanes (one head of one token) and its table row (c, s) of n pairs:
  *
