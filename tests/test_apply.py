@@ -189,12 +189,12 @@ def test_deterministic() -> None:
         (torch.ones(2, 8, dtype=torch.int32), torch.ones(2, 4), torch.ones(2, 4), "x.dtype=torch.int32"),
         (torch.tensor(1.0), torch.ones(1), torch.ones(1), "0-d"),
         (torch.ones(2, 8), torch.ones(2, 4), torch.ones(2, 3), "differ"),
-        (torch.ones(2, 8), torch.ones(2, 4), torch.ones(2, 4, dtype=torch.float64), "one real floating dtype"),
-        (torch.ones(2, 8), torch.ones(2, 4, dtype=torch.int64), torch.ones(2, 4, dtype=torch.int64), "one real floating dtype"),
+        (torch.ones(2, 8), torch.ones(2, 4), torch.ones(2, 4, dtype=torch.float64), "one dtype for both"),
+        (torch.ones(2, 8), torch.ones(2, 4, dtype=torch.int64), torch.ones(2, 4, dtype=torch.int64), "cos.dtype=torch.int64"),
         (torch.ones(2, 8), torch.ones(2, 0), torch.ones(2, 0), "n >= 1"),
         (torch.ones(2, 8), torch.ones(2, 5), torch.ones(2, 5), "2 * cos.shape[-1] <= x.shape[-1]"),
         (torch.ones(2, 8), torch.ones(3, 4), torch.ones(3, 4), "do not broadcast"),
-        (torch.ones(8), torch.ones(2, 4), torch.ones(2, 4), "without growing x"),
+        (torch.ones(8), torch.ones(2, 4), torch.ones(2, 4), "never grows beyond x"),
         ("not a tensor", torch.ones(4), torch.ones(4), "x must be a torch.Tensor"),
     ],
 )
@@ -202,3 +202,42 @@ def test_bad_input_raises(x, cos, sin, needle: str) -> None:
     with pytest.raises(ropekit.RopeValueError) as info:
         ropekit.apply_rope(x, cos, sin)
     assert needle in str(info.value)
+
+
+# ----------------------------------------------------------------------------- HF drop-in
+
+
+@pytest.mark.parametrize("unsqueeze_dim", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_apply_rotary_pos_emb_matches_hugging_face(unsqueeze_dim: int, dtype: torch.dtype) -> None:
+    """Oracle: transformers' own apply_rotary_pos_emb (Llama), on its own [b, s, 2n] tables."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as hf_apply
+
+    g = torch.Generator().manual_seed(5)
+    b, h, s, d = 2, 4, 7, 16
+    q = torch.randn(b, h, s, d, generator=g, dtype=torch.float64)
+    k = torch.randn(b, 2, s, d, generator=g, dtype=torch.float64)
+    if unsqueeze_dim == 2:  # [b, s, h, d] inputs
+        q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [9, 10, 11, 500, 501, 502, 7000]])
+    freqs = ropekit.inv_freq(d).double()
+    emb = torch.cat((positions[..., None] * freqs, positions[..., None] * freqs), -1)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)  # HF's convention: [b, s, 2n]
+    q, k = q.to(dtype), k.to(dtype)
+    want_q, want_k = hf_apply(q.double(), k.double(), cos.double(), sin.double(), unsqueeze_dim=unsqueeze_dim)
+    got_q, got_k = ropekit.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+    assert got_q.dtype == dtype and got_q.shape == q.shape
+    torch.testing.assert_close(got_q.double(), want_q, **TOL[dtype])
+    torch.testing.assert_close(got_k.double(), want_k, **TOL[dtype])
+    # and HF's own result in its own dtype agrees within that dtype's rounding
+    hf_q, _ = hf_apply(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+    assert hf_q.dtype == got_q.dtype
+
+
+def test_apply_rotary_pos_emb_bad_arguments() -> None:
+    q = torch.randn(1, 2, 3, 8)
+    cos = torch.randn(1, 3, 8)
+    with pytest.raises(ropekit.RopeValueError, match="unsqueeze_dim=3"):
+        ropekit.apply_rotary_pos_emb(q, q.clone(), cos, cos, unsqueeze_dim=3)
+    with pytest.raises(ropekit.RopeValueError, match="an even last dim"):
+        ropekit.apply_rotary_pos_emb(q, q.clone(), cos[..., :7], cos[..., :7])

@@ -124,7 +124,7 @@ def test_gradients_flow_and_match_gradcheck() -> None:
 @pytest.mark.parametrize(
     ("call", "needle"),
     [
-        (lambda r: r(torch.ones(2, 6, 16), torch.ones(2, 6, 16)), "expected 4-D"),
+        (lambda r: r(torch.ones(2, 6, 16), torch.ones(2, 6, 16)), "expected [b, h, s, d]"),
         (lambda r: r(torch.ones(1, 2, 6, 16), torch.ones(1, 2, 5, 16)), "do not match"),
         (lambda r: r(torch.ones(1, 2, 6, 16), torch.ones(2, 2, 6, 16)), "do not match"),
         (lambda r: r(torch.ones(1, 2, 6, 8), torch.ones(1, 2, 6, 8)), "head_dim=16"),
@@ -132,9 +132,9 @@ def test_gradients_flow_and_match_gradcheck() -> None:
         (lambda r: r(torch.ones(1, 2, 6, 16), torch.ones(1, 2, 6, 16), offset=1.5), "offset=1.5"),
         (
             lambda r: r(torch.ones(1, 2, 6, 16), torch.ones(1, 2, 6, 16), offset=torch.tensor([0.5])),
-            "offset of shape",
+            "offset.dtype",
         ),
-        (lambda r: r(torch.ones(1, 2, 6, 16, dtype=torch.int64), torch.ones(1, 2, 6, 16)), "x.dtype=torch.int64"),
+        (lambda r: r(torch.ones(1, 2, 6, 16, dtype=torch.int64), torch.ones(1, 2, 6, 16)), "q.dtype=torch.int64"),
     ],
 )
 def test_bad_input_raises(call, needle: str) -> None:
@@ -160,3 +160,56 @@ def test_config_validates_on_construction(kwargs: dict, needle: str) -> None:
     assert needle in str(info.value)
     with pytest.raises(ropekit.RopeValueError):
         ropekit.RotaryEmbedding("not a config")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_queries_alone() -> None:
+    """vLLM's key=None: rope(q) is rope(q, k)[0]."""
+    rope = ropekit.RotaryEmbedding(CFG)
+    q, k = qk()
+    alone = rope(q, offset=3)
+    assert isinstance(alone, torch.Tensor)
+    assert torch.equal(alone, rope(q, k, offset=3)[0])
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_packed_sequences_restart_per_document(interleaved: bool) -> None:
+    rope = ropekit.RotaryEmbedding(CFG.replace(interleaved=interleaved), layout="thd")
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(7, 4, 16, generator=g, dtype=torch.float64)  # [t, h, d]
+    k = torch.randn(7, 2, 16, generator=g, dtype=torch.float64)
+    cu = torch.tensor([0, 3, 3, 7])  # documents of 3, 0 and 4 tokens
+    starts = torch.tensor([10, 0, 100])  # each document's first position (cached prefix)
+    got_q, got_k = rope(q, k, cu_seqlens=cu, offset=starts)
+    want_pos = torch.tensor([10, 11, 12, 100, 101, 102, 103])  # written out by hand
+    freqs = ropekit.inv_freq(16)
+    for got, x in ((got_q, q), (got_k, k)):
+        want = reference.apply(x.transpose(0, 1), want_pos, freqs, interleaved=interleaved)
+        torch.testing.assert_close(got, want.transpose(0, 1), **TOL[torch.float64])
+
+
+def test_bshd_layout_matches_bhsd() -> None:
+    q, k = qk(s=5)
+    bhsd = ropekit.RotaryEmbedding(CFG)(q, k, offset=torch.tensor([2, 30]))
+    bshd = ropekit.RotaryEmbedding(CFG, layout="bshd")(
+        q.transpose(1, 2), k.transpose(1, 2), offset=torch.tensor([2, 30])
+    )
+    assert torch.equal(bshd[0], bhsd[0].transpose(1, 2))
+    assert torch.equal(bshd[1], bhsd[1].transpose(1, 2))
+    with pytest.raises(ropekit.RopeValueError, match="layout='bhsd' is not allowed|layout="):
+        ropekit.RotaryEmbedding(CFG, layout="bsh")
+
+
+def test_frequencies_follow_the_device_but_keep_float64() -> None:
+    """module.to(device) moves the kept float64 frequencies (no per-call host copy);
+    module.to(dtype) leaves them float64 (checked on the meta device, which any machine has)."""
+    rope = ropekit.RotaryEmbedding(CFG)
+    assert rope._inv_freq.dtype == torch.float64 and rope._inv_freq.device.type == "cpu"
+    rope.to(torch.bfloat16)
+    assert rope._inv_freq.dtype == torch.float64
+    rope.to("meta")
+    assert rope._inv_freq.device.type == "meta" and rope._inv_freq.dtype == torch.float64
+    rope.to_empty(device="cpu")  # values come back from the float64 master, not from meta
+    assert torch.equal(rope._inv_freq, ropekit.inv_freq(16))

@@ -1,12 +1,20 @@
 """ropekit: exact, fast, verified Rotary Position Embedding (RoPE) for PyTorch.
 
 Notation used in every docstring: ``b`` batch, ``h`` heads (``h_q``/``h_k`` for queries
-and keys), ``s`` sequence length, ``d`` head dim, ``n`` rotated pairs (``d // 2`` or
-``rotary_dim // 2``), ``*P`` the shape of a positions tensor.
+and keys), ``s`` sequence length, ``t`` packed tokens (``[t, h, d]``), ``d`` head dim, ``n`` rotated
+pairs (``d // 2`` or ``rotary_dim // 2``), ``R`` rows of a position-indexed cos/sin table,
+``*P`` the shape of a positions tensor.
 """
 
 from . import reference
-from .apply import Backend, apply_rope, apply_rope_, apply_rope_qk, apply_rope_qk_
+from .apply import (
+    Backend,
+    apply_rope,
+    apply_rope_,
+    apply_rope_qk,
+    apply_rope_qk_,
+    apply_rotary_pos_emb,
+)
 from .config import RopeConfig
 from .errors import RopeValueError
 from .frequencies import (
@@ -49,6 +57,7 @@ __all__ = [
     "apply_rope_",
     "apply_rope_qk",
     "apply_rope_qk_",
+    "apply_rotary_pos_emb",
     "cos_sin",
     "inv_freq",
     "inv_freq_half_index",

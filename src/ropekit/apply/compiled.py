@@ -16,6 +16,7 @@ devices without a dedicated kernel and for comparison.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -84,9 +85,29 @@ def rotate_compiled(
         if outs is None:
             return tuple(_compiled(False)(list(xs), cos, sin, interleaved))
         _compiled(True)(list(xs), list(outs), cos, sin, interleaved)
+    except torch._dynamo.exc.FailOnRecompileLimitHit:
+        # A long-lived process that has met more than _RECOMPILE_LIMIT patterns: the
+        # same formula, uncompiled (same values; slower), said once rather than failing.
+        _warn_limit()
+        ys = _rotate(list(xs), cos, sin, interleaved)
+        if outs is None:
+            return tuple(ys)
+        for out, y in zip(outs, ys, strict=True):
+            out.copy_(y)
     finally:
         config.recompile_limit = limit
     return tuple(outs)
+
+
+@functools.cache
+def _warn_limit() -> None:
+    warnings.warn(
+        f"backend='compiled' met more than {_RECOMPILE_LIMIT} input patterns (dtype, layout, "
+        "size-1 dims) in this process, Dynamo's recompile limit: new patterns run the "
+        "uncompiled formula (same values, slower)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def load() -> Callable[..., tuple[torch.Tensor, ...]]:

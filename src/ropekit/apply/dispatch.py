@@ -95,19 +95,25 @@ def parse_backend(backend: Backend | str) -> Backend:
     )
 
 
-@functools.cache
+# What each backend's load() gave: a plain dict rather than functools.cache, which
+# torch.compile would trace through with a warning. Its contents are facts about the
+# process (is there a C compiler, does Triton import), never about earlier calls.
+_LOADED: dict[Backend, Kernel | str] = {Backend.REFERENCE: rotate_reference}
+
+
 def _loaded(choice: Backend) -> Kernel | str:
     """The kernel of ``choice``, or why it cannot run in this process (never changes)."""
-    if choice is Backend.REFERENCE:
-        return rotate_reference
+    if choice in _LOADED:
+        return _LOADED[choice]
     info = REGISTRY[choice]
     try:
         module = importlib.import_module(info.module)
     except ImportError as err:
-        return f"importing {info.module} failed ({err})"
-    if choice is Backend.TORCH:
-        return module.rotate_torch
-    return module.load()
+        found: Kernel | str = f"importing {info.module} failed ({err})"
+    else:
+        found = module.rotate_torch if choice is Backend.TORCH else module.load()
+    _LOADED[choice] = found
+    return found
 
 
 def load_kernel(choice: Backend) -> Kernel:
