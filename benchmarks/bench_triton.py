@@ -1,4 +1,4 @@
-"""Benchmark of ropekit's Triton kernel against copy bandwidth and other RoPE implementations.
+"""Benchmark of ropekit's Triton backend against copy bandwidth and other RoPE implementations.
 
 Shapes (q and k alike, ``[b, h, s, d]`` views of ``[b, s, h, d]`` projections):
 
@@ -11,8 +11,13 @@ each case and mode (``fwd``; ``fwd+bwd``: forward, then ``torch.autograd.grad`` 
 it times:
 
 * ``copy``: ``copy_`` of q and k into preallocated outputs (same bytes as a rotation);
-* ``ropekit.rope_qk``: :func:`triton_rope_qk`, fp32 ``[R, n]`` tables + offset, one launch;
-* ``ropekit.apply_qk``: :func:`triton_apply_rope_qk`, fp32 ``[s, n]`` tables, one launch;
+* ``ropekit.qk_rows``: ``ropekit.apply_rope_qk(..., offset=, backend="triton")``: fp32
+  ``[R, n]`` tables read at row ``offset + j`` inside the kernel, one launch;
+* ``ropekit.qk_table``: ``ropekit.apply_rope_qk(..., backend="triton")`` with fp32 ``[s, n]``
+  tables broadcast over the heads, one launch;
+* ``ropekit.qk_`` (fwd only): ``ropekit.apply_rope_qk_`` in place, ``[R, n]`` tables + offset;
+* ``ropekit.module``: ``ropekit.RotaryEmbedding(config, backend="triton")(q, k, offset=)``:
+  builds its fp32 tables for the call's positions, then the same kernel;
 * ``torch.compile``: ``cat(x1*c - x2*s, x2*c + x1*s)`` in fp32 on q and k, compiled
   (``fullgraph=True``), fp32 ``[s, n]`` tables;
 * ``hf``: transformers' ``apply_rotary_pos_emb`` (eager), ``[1, s, d]`` tables in x.dtype;
@@ -30,11 +35,13 @@ Columns:
 * ``GB/s``, ``%copy`` from ``us``; bytes = q and k read once and written once (twice that
   for fwd+bwd); tables are not counted. ``%copy`` = copy time / time on the same bytes.
 
-``--sweep`` times ropekit's kernel alone (CUDA graph) over tile sizes and warps on bf16
-prefill. Usage: ``python benchmarks/bench_triton.py --out bench.json`` (CUDA). ``--smoke``
-runs tiny shapes on the CPU through Triton's interpreter to check the script itself.
-``--host-overhead`` (CPU) times ropekit's Python wrappers with the kernel launch replaced
-by a no-op: what a call costs the host before Triton's own launcher.
+``--sweep`` times ``ropekit.apply_rope_qk`` (CUDA graph) over the kernel's tile sizes and
+warps on bf16 prefill (the launch planner patched to each). Usage: ``python
+benchmarks/bench_triton.py --out bench.json`` (CUDA). ``--smoke`` runs tiny shapes on the
+CPU through Triton's interpreter to check the script itself. ``--host-overhead`` (CPU)
+times the public calls (argument checks, dispatch, launch planning, allocation) with the
+kernel launch replaced by a no-op: what a call costs the host before Triton's own
+launcher.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ SHAPES = {"prefill": (1, 32, 4096, 128), "training": (8, 16, 1024, 64), "decode"
 SMOKE_SHAPES = {"prefill": (1, 2, 64, 16), "training": (2, 2, 16, 8), "decode": (2, 2, 1, 16)}
 DECODE_POSITION = 4095
 SWEEP = [(1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8)]
+IN_PLACE = {"ropekit.qk_"}  # timed in the forward only
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,11 +87,14 @@ ARGS.smoke = ARGS.smoke or ARGS.host_overhead
 if ARGS.smoke:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import functools  # noqa: E402
+
 import torch  # noqa: E402
 import triton  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ropekit.apply import triton_kernel as tk  # noqa: E402
+import ropekit  # noqa: E402
+from ropekit.apply.triton import ops, plan  # noqa: E402
 from ropekit.frequencies.base import inv_freq  # noqa: E402
 from ropekit.tables.cos_sin import cos_sin  # noqa: E402
 
@@ -201,6 +212,9 @@ class Case:
         self.sin_hf = torch.cat((self.sin_s, self.sin_s), -1)[None].to(dtype)
         self.bytes = 2 * (self.q.numel() + self.k.numel()) * self.q.element_size()
         self.n = n
+        self.rope = ropekit.RotaryEmbedding(
+            ropekit.RopeConfig(head_dim=d, theta=10000.0), backend="triton"
+        ).to(DEVICE)
 
     def reference64(self) -> tuple[torch.Tensor, torch.Tensor]:
         c, s = self.cos_s.double(), self.sin_s.double()
@@ -214,10 +228,16 @@ class Case:
 def implementations(case: Case) -> dict[str, Callable]:
     """name -> f(q, k) returning (q_rot, k_rot)."""
     impls: dict[str, Callable] = {
-        "ropekit.rope_qk": lambda q, k: tk.triton_rope_qk(
-            q, k, case.cos_t, case.sin_t, offset=case.offset
+        "ropekit.qk_rows": lambda q, k: ropekit.apply_rope_qk(
+            q, k, case.cos_t, case.sin_t, offset=case.offset, backend="triton"
         ),
-        "ropekit.apply_qk": lambda q, k: tk.triton_apply_rope_qk(q, k, case.cos_s, case.sin_s),
+        "ropekit.qk_table": lambda q, k: ropekit.apply_rope_qk(
+            q, k, case.cos_s, case.sin_s, backend="triton"
+        ),
+        "ropekit.qk_": lambda q, k: ropekit.apply_rope_qk_(
+            q, k, case.cos_t, case.sin_t, offset=case.offset, backend="triton"
+        ),
+        "ropekit.module": lambda q, k: case.rope(q, k, offset=case.offset),
     }
     torch._dynamo.reset()
     compiled = torch.compile(fused, fullgraph=True, dynamic=False)
@@ -312,6 +332,10 @@ def run_case(name: str, dtype_name: str, results: list[dict]) -> None:
             if elapsed() > ARGS.budget_s:
                 results.append(dict(rec, skipped="time budget"))
                 continue
+            if mode != "fwd" and impl_name in IN_PLACE:
+                # autograd would chain one in-place node per timed call onto the same tensor
+                results.append(dict(rec, skipped="in place: forward only"))
+                continue
             try:
                 fn = timed(impl, case, mode)
                 us = bench_us(fn)
@@ -334,25 +358,31 @@ def run_case(name: str, dtype_name: str, results: list[dict]) -> None:
 
 
 def sweep(results: list[dict]) -> None:
-    """Tile size x warps of the qk kernel alone (CUDA graph), bf16 prefill forward."""
+    """Tile size x warps of apply_rope_qk (CUDA graph), bf16 prefill forward: the launch
+    planner is patched to each setting (unmemoised; plans are host work, not replayed)."""
     shapes = SMOKE_SHAPES if ARGS.smoke else SHAPES
     case = Case(shapes["prefill"], torch.float32 if ARGS.smoke else torch.bfloat16)
+    planner = ops._plan_indexed
     for block_elems, num_warps in SWEEP:
         if elapsed() > ARGS.budget_s:
             return
         rec: dict = dict(shape="prefill", block_elems=block_elems, num_warps=num_warps)
+        ops._plan_indexed = functools.partial(
+            plan.plan_indexed, block_elems=block_elems, num_warps=num_warps
+        )
 
-        def fn(c=case, be=block_elems, nw=num_warps):
-            return tk._qk_forward(
-                tk._rope_kernel, c.q, c.k, c.cos_t, c.sin_t, None, None, None, c.offset,
-                False, False, block_elems=be, num_warps=nw,
-            )  # fmt: skip
+        def fn(c=case):
+            return ropekit.apply_rope_qk(
+                c.q, c.k, c.cos_t, c.sin_t, offset=c.offset, backend="triton"
+            )
 
         try:
             us = graph_us(fn) if not ARGS.smoke else bench_us(fn)
             rec.update(graph_us=us, gbps=case.bytes / (us * 1e-6) / 1e9)
         except Exception as err:
             rec["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        finally:
+            ops._plan_indexed = planner
         results.append(rec)
         print(f"sweep prefill bf16 block_elems={block_elems:5d} warps={num_warps}: "
               f"{rec.get('graph_us', math.nan):8.1f} us {rec.get('gbps', math.nan):6.0f} GB/s "
@@ -397,45 +427,50 @@ def per_call_us(fn: Callable[[], object], n: int = 2000) -> float:
 
 
 def host_overhead_rows(name: str) -> dict[str, float]:
-    """Wrapper cost per call on one shape (fp32 CPU tensors; the launch is a no-op)."""
+    """Cost per public call on one shape (fp32 CPU tensors; the launch is a no-op)."""
     case = Case(SHAPES[name], torch.float32)
     q, k, c, s, off = case.q, case.k, case.cos_t, case.sin_t, case.offset
+    qk, qk_ = ropekit.apply_rope_qk, ropekit.apply_rope_qk_
     rows = {}
     rows["2x empty_like (allocation floor)"] = per_call_us(
         lambda: (torch.empty_like(q), torch.empty_like(k))
     )
     with torch.no_grad():
-        rows["triton_rope_qk fwd, no_grad"] = per_call_us(
-            lambda: tk.triton_rope_qk(q, k, c, s, offset=off)
+        rows["apply_rope_qk offset fwd, no_grad"] = per_call_us(
+            lambda: qk(q, k, c, s, offset=off, backend="triton")
         )
-        rows["triton_apply_rope_qk fwd, no_grad"] = per_call_us(
-            lambda: tk.triton_apply_rope_qk(q, k, case.cos_s, case.sin_s)
+        rows["apply_rope_qk [s, n] fwd, no_grad"] = per_call_us(
+            lambda: qk(q, k, case.cos_s, case.sin_s, backend="triton")
         )
-        rows["triton_apply_rope fwd, no_grad"] = per_call_us(
-            lambda: tk.triton_apply_rope(q, case.cos_s, case.sin_s)
+        rows["apply_rope_qk_ offset, no_grad"] = per_call_us(
+            lambda: qk_(q, k, c, s, offset=off, backend="triton")
         )
+        rows["apply_rope [s, n] fwd, no_grad"] = per_call_us(
+            lambda: ropekit.apply_rope(q, case.cos_s, case.sin_s, backend="triton")
+        )
+        rows["RotaryEmbedding fwd, no_grad"] = per_call_us(lambda: case.rope(q, k, offset=off))
     qg, kg = q.detach().requires_grad_(), k.detach().requires_grad_()
-    rows["triton_rope_qk fwd, grad mode"] = per_call_us(
-        lambda: tk.triton_rope_qk(qg, kg, c, s, offset=off)
+    rows["apply_rope_qk offset fwd, grad mode"] = per_call_us(
+        lambda: qk(qg, kg, c, s, offset=off, backend="triton")
     )
     gq, gk = torch.ones_like(q), torch.ones_like(k)
 
     def fwd_bwd():
-        yq, yk = tk.triton_rope_qk(qg, kg, c, s, offset=off)
+        yq, yk = qk(qg, kg, c, s, offset=off, backend="triton")
         return torch.autograd.grad((yq, yk), (qg, kg), (gq, gk))
 
-    rows["triton_rope_qk fwd+bwd (autograd.grad)"] = per_call_us(fwd_bwd, n=500)
+    rows["apply_rope_qk fwd+bwd (autograd.grad)"] = per_call_us(fwd_bwd, n=500)
     return rows
 
 
 def host_overhead() -> None:
-    """Microseconds per call of ropekit's wrappers, the kernel launch replaced by a no-op."""
+    """Microseconds per public call, the kernel launch replaced by a no-op."""
 
     class NoLaunch:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
 
-    tk._rope_kernel = NoLaunch()  # the eager path looks it up at every call
+    ops.rope_kernel = NoLaunch()  # the eager path looks it up at every call
     for name in ("decode", "training"):
         for row, us in host_overhead_rows(name).items():
             print(f"{name} {'x'.join(map(str, SHAPES[name]))}: {row:40s} {us:7.1f} us")
@@ -472,7 +507,7 @@ def main() -> int:
             peak_copy_gbps=peak,
             results=results,
             sweep=sweep_results,
-            block_elems=tk.BLOCK_ELEMS,
+            block_elems=plan.BLOCK_ELEMS,
             elapsed_s=elapsed(),
         )
         if ARGS.out:

@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# One-shot GPU checks for the Triton kernel (issue 5), sized for a lent H100: < 200 s wall.
+# One-shot GPU checks for the Triton backend (issue 5), sized for a lent H100: < 220 s wall.
+# Everything goes through the public API: ropekit.apply_rope[_qk][_](..., backend="triton")
+# and ropekit.RotaryEmbedding(config, backend="triton").
 #
 #   1. versions (GPU, driver, torch, triton, transformers, liger)          -> $OUT/env.txt
-#   2. tests/test_triton.py on CUDA (fp32/fp16/bf16, compiled kernels,
+#   2. smoke: apply_rope_qk (offset, cu_seqlens), apply_rope_qk_, RotaryEmbedding and a
+#      backward on CUDA, max error vs float64 rotation matrices <= 20 s -> $OUT/smoke.log
+#   3. tests/test_triton.py on CUDA (fp32/fp16/bf16/fp64, compiled kernels,
 #      torch.compile fullgraph fwd+bwd, > 2**31 elements)       <= 75 s   -> $OUT/pytest_triton.log
-#   3. tests/test_backends.py tests/test_compile.py              <= 30 s   -> $OUT/pytest_rest.log
-#   4. benchmarks/bench_triton.py: prefill/decode/training bf16, then prefill fp32, fwd and
-#      fwd+bwd, vs copy_, torch.compile, HF, Liger; then a small tile sweep (prefill
-#      bf16, CUDA graphs); nothing starts after 65 s    <= 90 s   -> $OUT/bench_triton.{log,json}
+#   4. tests/test_backends.py tests/test_compile.py              <= 30 s   -> $OUT/pytest_rest.log
+#   5. benchmarks/bench_triton.py: prefill/decode/training bf16, then prefill fp32, fwd and
+#      fwd+bwd: apply_rope_qk (rows by offset / [s, n] tables), apply_rope_qk_ (fwd),
+#      RotaryEmbedding, vs copy_, torch.compile, HF, Liger; then a small tile sweep
+#      (prefill bf16, CUDA graphs); nothing starts after 65 s
+#                                                   <= 90 s   -> $OUT/bench_triton.{log,json}
 #
 # Every step runs under `timeout` and the script goes on past failures; $OUT/summary.txt
 # records each step's exit status and duration, and the log ends with a compact table.
 # Wheels in .whl/ (carried, git-ignored; fetch them here with gpu/fetch_wheels.sh) are
 # installed to /tmp/site first: liger-kernel, llama-models, rotary-embedding-torch.
 #
-# Lead's call:  run(command="bash gpu/run_gpu_checks.sh", carry=[".whl"], timeout_s=240)
+# Lead's call:  run(command="bash gpu/run_gpu_checks.sh", carry=[".whl"], timeout_s=260)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out/gpu}
@@ -60,6 +66,39 @@ EOF
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt" | tee -a "$SUMMARY"
 
+step "smoke (public API on CUDA)" 20 "$OUT/smoke.log" $PY - <<'EOF'
+import torch, ropekit
+from ropekit import reference
+dev, d = "cuda", 128
+freqs = ropekit.inv_freq(d)
+angle = torch.arange(64, dtype=torch.float64)[:, None] * freqs
+cos, sin = angle.cos().float().to(dev), angle.sin().float().to(dev)  # [R, n] rows 0..63
+def err(y, x, pos):  # x, y [b, h, s, d]: max |y - exact| (float64 rotation matrices)
+    want = torch.stack([reference.apply(xi.double().cpu(), pos, freqs) for xi in x])
+    return float((y.double().cpu() - want).abs().max())
+q = torch.randn(2, 16, 8, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)  # bshd storage
+k = torch.randn(2, 16, 2, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+pos = torch.arange(5, 21)
+yq, yk = ropekit.apply_rope_qk(q, k, cos, sin, offset=5, backend="triton")
+print("apply_rope_qk offset     bf16 max err", err(yq, q, pos), err(yk, k, pos))
+q2, k2 = q.clone(), k.clone()
+ropekit.apply_rope_qk_(q2, k2, cos, sin, offset=5, backend="triton")
+print("apply_rope_qk_ in place  bf16 max err", err(q2, q, pos), err(k2, k, pos))
+qt, kt = q[0].transpose(0, 1), k[0].transpose(0, 1)  # packed [t, h, d], t = 16
+cu = torch.tensor([0, 10, 16], device=dev)
+yt, _ = ropekit.apply_rope_qk(qt, kt, cos, sin, cu_seqlens=cu, layout="thd", backend="triton")
+tpos = torch.cat([torch.arange(10), torch.arange(6)])
+print("apply_rope_qk cu_seqlens bf16 max err", err(yt.transpose(0, 1)[None], q[:1], tpos))
+rope = ropekit.RotaryEmbedding(ropekit.RopeConfig(head_dim=d), backend="triton").to(dev)
+mq, mk = rope(q, k, offset=5)
+print("RotaryEmbedding          bf16 max err", err(mq, q, pos), err(mk, k, pos))
+x = q.float().detach().requires_grad_()
+ropekit.apply_rope(x, cos[5:21], sin[5:21], backend="triton").sum().backward()
+print("backward                 fp32 max err", err(x.grad, torch.ones_like(x), -pos))
+torch.cuda.synchronize()
+print("smoke ok")
+EOF
+
 XDIST=""
 $PY -c "import xdist" 2>/dev/null && XDIST="-n 8"  # workers share Triton's compile cache
 step "pytest tests/test_triton.py (CUDA)" 75 "$OUT/pytest_triton.log" \
@@ -70,6 +109,8 @@ step "benchmark" 90 "$OUT/bench_triton.log" \
     $PY benchmarks/bench_triton.py --sweep --budget-s 65 --out "$OUT/bench_triton.json"
 
 {
+    echo "== smoke"
+    tail -n 7 "$OUT/smoke.log"
     echo "== pytest tests/test_triton.py"
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_triton.log" | tail -n 12
     echo "== pytest tests/test_backends.py tests/test_compile.py"

@@ -319,3 +319,17 @@ def test_double_backward(backend: str) -> None:
     v = torch.randn_like(gx)
     (gw,) = torch.autograd.grad((gx * v).sum(), w)
     check_close(gw, oracle(v.detach().cpu(), "bhsd", "offset", False), torch.float32, backend)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "compiled"])
+def test_torch_func_grad(backend: str) -> None:
+    """torch.func transforms see the same gradient rule (the Function has setup_context)."""
+    skip_unavailable(backend)
+    device = device_for(backend)
+    x = torch.randn(B, HQ, S, D, device=device)
+    w = torch.randn_like(x)
+    cos, sin = tables("bhsd", "offset", torch.float32, device)
+    grad = torch.func.grad(
+        lambda x: (ropekit.apply_rope(x, cos, sin, offset=9, backend=backend) * w).sum()
+    )(x)
+    check_close(grad, oracle(w.cpu(), "bhsd", "offset", False, sign=-1), torch.float32, backend)

@@ -1,18 +1,24 @@
-"""The Triton kernel (ropekit.apply.triton_kernel) against float64 oracles.
+"""The Triton backend through the public API, against float64 oracles.
 
-Runs everywhere: on a CUDA GPU it runs compiled kernels in float32/float16/bfloat16; on
-a CPU-only machine it runs the same kernel through Triton's interpreter
-(``TRITON_INTERPRET=1``, set below before triton is first imported) in float32/float16
-(bf16 arithmetic is not faithful in the interpreter). ``torch.compile`` and the
-> 2**31-element test need a GPU (the interpreter cannot be traced by torch.compile).
+Notation: ``b`` batch, ``h_q``/``h_k`` heads, ``s`` sequence, ``t`` packed tokens, ``d``
+head dim, ``n`` rotated pairs, ``R`` table rows.
 
-Oracles never call the kernel's own helpers: expected table rows are computed with
-Python loops, and rotations with :func:`ropekit.apply_rope` in float64 (plain torch) or
-with the paper's rotation matrices (:mod:`ropekit.reference`).
+Runs everywhere: with a CUDA GPU on compiled kernels; on a CPU-only machine through
+Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set by ``tests/conftest.py``
+before triton is first imported), where every dtype runs (its bf16 rounding can differ
+from torch's in the last bit, still within one bf16 step). ``torch.compile`` cannot trace interpreted kernels:
+on a CPU its test stops at AOTAutograd's joint graph (the kernel in the forward and the
+backward), on a GPU it runs. The > 2**31-element test needs a GPU.
+
+Oracles never use the code under test: expected values are RoFormer's explicit float64
+rotation matrices (:func:`ropekit.reference.apply`) at token positions worked out by
+Python loops, or (random tables, no positions) the formula written out here in float64;
+tables are built here from the frequencies in float64. Tolerances: ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -23,28 +29,34 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 CUDA = torch.cuda.is_available()
-if not CUDA:  # must precede the first import of the kernel module (triton reads it then)
+if not CUDA:  # must precede the first import of triton (conftest.py sets it too)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import ropekit  # noqa: E402
-from ropekit import reference  # noqa: E402
-from ropekit.apply import triton_kernel as tk  # noqa: E402
-from ropekit.errors import RopeValueError  # noqa: E402
+from ropekit import apply_rope, apply_rope_, apply_rope_qk, apply_rope_qk_, reference  # noqa: E402
+from ropekit.apply.triton import ops, plan  # noqa: E402
 from tests.conftest import TOL  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
-LAYOUTS = [False, True]  # interleaved
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+# One geometry for the value tests: GQA with head counts that are not powers of two
+# (ragged head blocks), partial rotary (lanes 8 and 9 pass through), and packed documents
+# of 3, 0 (empty), 4 and 2 tokens.
+B, S, HQ, HK, D, N = 2, 6, 3, 2, 10, 4
+CU = [0, 3, 3, 7, 9]
+T = CU[-1]
+R = 48  # table rows
+FREQS = ropekit.inv_freq(D, 10000.0, rotary_dim=2 * N)  # [n] float64
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _kernel_usable():
-    if not tk.triton_supports(torch.empty(0, device=DEVICE)):
+    if not (CUDA or ops.INTERPRETED):
         pytest.fail(
-            "the Triton kernel was imported without TRITON_INTERPRET=1 on a machine without a "
-            "GPU (another module imported ropekit.apply.triton_kernel first): set "
-            "TRITON_INTERPRET=1 in the environment or in tests/conftest.py"
+            "triton was imported without TRITON_INTERPRET=1 on a machine without a GPU: set "
+            "it in the environment or in tests/conftest.py before anything imports triton"
         )
 
 
@@ -53,355 +65,483 @@ def gen(seed: int) -> torch.Generator:
 
 
 def rand(*shape: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen(seed), dtype=torch.float32).to(DEVICE, dtype)
+    return torch.randn(*shape, generator=gen(seed), dtype=torch.float64).to(DEVICE, dtype)
 
 
-def tables(rows: int, n: int, seed: int = 1, dtype=torch.float32):
-    """Random cos/sin in [-1, 1], independent: a wrong lane or sign cannot cancel out."""
-    g = gen(seed)
-    c = torch.rand(rows, n, generator=g, dtype=torch.float64) * 2 - 1
-    s = torch.rand(rows, n, generator=g, dtype=torch.float64) * 2 - 1
-    return c.to(DEVICE, dtype), s.to(DEVICE, dtype)
+def tables(positions, dtype=torch.float32, freqs=FREQS):
+    """cos/sin ``[*P, n]`` at integer ``positions`` ``[*P]``: float64 angles, rounded once."""
+    angle = torch.as_tensor(positions, dtype=torch.float64)[..., None] * freqs
+    return angle.cos().to(DEVICE, dtype), angle.sin().to(DEVICE, dtype)
 
 
-def rope64(x, cos, sin, interleaved):
-    """Exact rotation of the given (rounded) inputs: the formula in float64 torch ops.
-
-    Written out here rather than calling ropekit.apply_rope, which may itself dispatch to
-    the Triton kernel on a GPU.
-    """
-    x, c, s = x.double(), cos.double(), sin.double()
-    n = c.shape[-1]
-    a, b = (
-        (x[..., 0 : 2 * n : 2], x[..., 1 : 2 * n : 2])
-        if interleaved
-        else (x[..., :n], x[..., n : 2 * n])
-    )
-    ya, yb = a * c - b * s, b * c + a * s
-    rot = torch.stack((ya, yb), dim=-1).flatten(-2) if interleaved else torch.cat((ya, yb), -1)
-    return torch.cat((rot, x[..., 2 * n :]), dim=-1)
-
-
-def assert_close(actual: torch.Tensor, expected64: torch.Tensor, dtype: torch.dtype) -> None:
-    assert actual.dtype == dtype
-    torch.testing.assert_close(actual.double(), expected64, **TOL[dtype])
+def table_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
 
-# ------------------------------------------------------------------ triton_apply_rope
+def to_bhsd(x: torch.Tensor, layout: str) -> torch.Tensor:
+    return x.transpose(1, 2) if layout == "bshd" else x
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("interleaved", LAYOUTS)
-@pytest.mark.parametrize("d,n", [(8, 4), (7, 3), (12, 4), (2, 1), (130, 64)])
-def test_apply_matches_float64(dtype, interleaved, d, n) -> None:
-    """Full, odd (last lane passes through), partial rotary and a non-power-of-2 head."""
-    x = rand(2, 3, 5, d, dtype=dtype)
-    if 2 * n < d:  # tail lanes must be copied bit for bit, special values included
-        x[..., 2 * n] = float("nan")
-        x[..., -1] = -0.0
-    cos, sin = tables(5, n)
-    before = x.clone()
-    y = tk.triton_apply_rope(x, cos, sin, interleaved=interleaved)
-    assert torch.equal(bits(x), bits(before)), "input modified"
-    assert y.shape == x.shape
-    assert_close(y[..., : 2 * n], rope64(x, cos, sin, interleaved)[..., : 2 * n], dtype)
-    assert torch.equal(bits(y[..., 2 * n :]), bits(x[..., 2 * n :]))
+def exact(x, rows, layout: str, interleaved: bool = False, sign: int = 1, freqs=FREQS):
+    """RoFormer's float64 rotation matrices at ``rows`` (``[t]`` packed, else ``[b][s]``),
+    in ``x``'s layout; ``sign=-1`` rotates by ``-θ``. NaNs (planted in pass-through lanes,
+    which are compared bitwise instead) are zeroed first: a matrix product spreads them."""
+    rotate = functools.partial(reference.apply, freqs=freqs, interleaved=interleaved)
+    x = x.detach().double().cpu().nan_to_num(0.0)
+    if layout == "thd":
+        return rotate(x.transpose(0, 1), torch.tensor(rows) * sign).transpose(0, 1)
+    xb = to_bhsd(x, layout)
+    out = torch.stack([rotate(xb[i], torch.tensor(rows[i]) * sign) for i in range(len(xb))])
+    return to_bhsd(out, layout)
 
 
-@pytest.mark.parametrize("interleaved", LAYOUTS)
-@pytest.mark.parametrize(
-    "cos_shape",
-    [(5, 4), (2, 1, 5, 4), (2, 3, 5, 4), (4,), (1, 4), (3, 1, 4), (2, 3, 1, 4)],
-    ids=["s_n", "b1sn", "bhsn_per_head", "n", "1n", "h1n", "bh1n"],
-)
-def test_apply_broadcast_tables(interleaved, cos_shape) -> None:
-    x = rand(2, 3, 5, 8)
-    g = gen(4)
-    cos = (torch.rand(cos_shape, generator=g, dtype=torch.float64) * 2 - 1).float().to(DEVICE)
-    sin = (torch.rand(cos_shape, generator=g, dtype=torch.float64) * 2 - 1).float().to(DEVICE)
-    y = tk.triton_apply_rope(x, cos, sin, interleaved=interleaved)
-    assert_close(y, rope64(x, cos, sin, interleaved), torch.float32)
+def close(actual: torch.Tensor, expected64: torch.Tensor, dtype: torch.dtype) -> None:
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.detach().double().cpu(), expected64, **TOL[dtype])
 
 
-def _views():
-    """Non-contiguous inputs the kernel must read through their strides."""
-    base = rand(2, 5, 3, 8)
-    fused = rand(2, 3, 5, 3 * 8)  # a fused qkv projection; take q's lanes
-    wide = rand(2, 3, 5, 8, 2)  # lane stride 2
-    return {
-        "transposed_bshd": base.transpose(1, 2),
-        "qkv_slice": fused[..., 8:16],
-        "lane_stride_2": wide[..., 0],
-        "expanded_heads": rand(2, 1, 5, 8).expand(2, 3, 5, 8),
-        "reversed_dims": rand(8, 5, 3, 2).permute(3, 2, 1, 0),
-        "5d_unmergeable": rand(2, 5, 3, 2, 8).permute(0, 3, 2, 1, 4)[:, :, :, ::2],
-    }
+# ----------------------------------------------------------------------------- cases
+#
+# Each case: (layout, how the angles are given). ``build(dtype)`` returns the keyword
+# arguments of the call (tables included) and the expected row of every token, worked
+# out here by loops: ``[t]`` for packed inputs, ``[b][s]`` otherwise.
+
+P_S = [5, 0, 17, 3, 3, 40]  # [s]: repeats and any order
+P_BS = [[1, 2, 3, 4, 5, 6], [30, 2, 9, 0, 9, 11]]  # [b, s]
+P_T = [4, 4, 0, 1, 2, 12, 30, 7, 8]  # [t]
 
 
-@pytest.mark.parametrize("name", list(_views()))
-@pytest.mark.parametrize("interleaved", LAYOUTS)
-@pytest.mark.parametrize("per_head", [False, True])
-def test_apply_strided_inputs(name, interleaved, per_head) -> None:
-    """Shared ``[s, n]`` tables, or contiguous ``[*B, n]`` ones whose strides differ from x's
-    (the kernel then reads a table row per head)."""
-    x = _views()[name]
-    cos, sin = tables(x.shape[:-1].numel() if per_head else x.shape[-2], 4)
-    if per_head:
-        cos, sin = cos.view(*x.shape[:-1], 4), sin.view(*x.shape[:-1], 4)
-    y = tk.triton_apply_rope(x, cos, sin, interleaved=interleaved)
-    assert_close(y, rope64(x, cos, sin, interleaved), torch.float32)
+def _doc_rows(offsets=None):
+    rows = []
+    for j in range(len(CU) - 1):
+        start = 0 if offsets is None else offsets[j]
+        rows += [start + i for i in range(CU[j + 1] - CU[j])]
+    return rows
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("interleaved", LAYOUTS)
-@pytest.mark.parametrize(
-    "k_layout,cos_shape,launches",
-    [("bshd", (5, 4), 1), ("bshd", (2, 1, 5, 4), 1), ("bhsd", (5, 4), 2)],
-    ids=["shared_table", "per_batch_table", "mixed_strides"],
-)
-def test_apply_qk_pair(monkeypatch, dtype, interleaved, k_layout, cos_shape, launches) -> None:
-    """q and k (GQA) by the same tables: one launch when both fit one grid, else two."""
-    q = rand(2, 5, 4, 9, dtype=dtype).transpose(1, 2)
-    k = rand(2, 5, 2, 9, dtype=dtype, seed=1).transpose(1, 2)
-    if k_layout == "bhsd":
-        k = k.contiguous()
-    g = gen(2)
-    cos = (torch.rand(cos_shape, generator=g) * 2 - 1).to(DEVICE)
-    sin = (torch.rand(cos_shape, generator=g) * 2 - 1).to(DEVICE)
-    calls = []
-    real = tk._launch
-    monkeypatch.setattr(tk, "_launch", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    yq, yk = tk.triton_apply_rope_qk(q, k, cos, sin, interleaved=interleaved)
-    assert len(calls) == launches
-    assert_close(yq, rope64(q, cos, sin, interleaved), dtype)
-    assert_close(yk, rope64(k, cos, sin, interleaved), dtype)
-    qg, kg = q.detach().requires_grad_(), k.detach().requires_grad_()
-    yq, yk = tk.triton_apply_rope_qk(qg, kg, cos, sin, interleaved=interleaved)
-    (yq.float().sum() + 2 * yk.float().sum()).backward()
-    ones = torch.ones(q.shape, dtype=torch.float64, device=DEVICE)
-    assert_close(qg.grad, rope64(ones, cos, -sin, interleaved), dtype)
-    assert_close(kg.grad, rope64(2 * ones[:, :2], cos, -sin, interleaved), dtype)
+def _case(name: str, dtype: torch.dtype):
+    tdt = table_dtype(dtype)
+    full = tables(range(R), tdt)  # [R, n], row r at position r
+    dev = functools.partial(torch.tensor, device=DEVICE)
+    if name == "bhsd-table":  # broadcast [s, n]
+        return "bhsd", dict(zip(("cos", "sin"), tables(P_S, tdt), strict=True)), [P_S] * B
+    if name == "bhsd-table-per-batch":  # broadcast [b, 1, s, n]
+        c, s = tables(P_BS, tdt)
+        return "bhsd", dict(cos=c[:, None], sin=s[:, None]), P_BS
+    if name == "bshd-table":  # broadcast [s, 1, n]
+        c, s = tables(P_S, tdt)
+        return "bshd", dict(cos=c[:, None], sin=s[:, None]), [P_S] * B
+    if name == "thd-table":  # broadcast [t, 1, n]
+        c, s = tables(P_T, tdt)
+        return "thd", dict(cos=c[:, None], sin=s[:, None]), P_T
+    kw = dict(cos=full[0], sin=full[1])
+    if name == "bhsd-offset":
+        return "bhsd", dict(kw, offset=7), [[7 + j for j in range(S)]] * B
+    if name == "bshd-offset-tensor":
+        off = [3, 20]
+        return "bshd", dict(kw, offset=dev(off)), [[o + j for j in range(S)] for o in off]
+    if name == "bhsd-positions-s":
+        return "bhsd", dict(kw, positions=dev(P_S)), [P_S] * B
+    if name == "bshd-positions-bs":
+        return "bshd", dict(kw, positions=dev(P_BS, dtype=torch.int32)), P_BS
+    if name == "bhsd-positions-bs-offset-tensor":
+        off = [2, 1]
+        rows = [[p + o for p in ps] for ps, o in zip(P_BS, off, strict=True)]
+        return "bhsd", dict(kw, positions=dev(P_BS), offset=dev(off)), rows
+    if name == "bshd-positions-s-offset-int":
+        return "bshd", dict(kw, positions=dev(P_S), offset=5), [[p + 5 for p in P_S]] * B
+    if name == "thd-offset":
+        return "thd", dict(kw, offset=11), [11 + i for i in range(T)]
+    if name == "thd-positions":
+        return "thd", dict(kw, positions=dev(P_T)), P_T
+    if name == "thd-cu":
+        return "thd", dict(kw, cu_seqlens=dev(CU, dtype=torch.int32)), _doc_rows()
+    if name == "thd-cu-offsets":
+        off = [5, 9, 0, 30]
+        return "thd", dict(kw, cu_seqlens=dev(CU), offset=dev(off)), _doc_rows(off)
+    raise AssertionError(name)
 
 
-def test_apply_matches_rotation_matrices() -> None:
-    """Tie the kernel to the specification: RoFormer's matrices from frequencies."""
-    freqs = ropekit.inv_freq(16, 10000.0)
-    positions = torch.tensor([0, 1, 7, 100, 4095])
-    x = rand(2, 3, 5, 16)
-    cos, sin = ropekit.cos_sin(freqs, positions.to(DEVICE), dtype=torch.float32)
-    for interleaved in LAYOUTS:
-        y = tk.triton_apply_rope(x, cos, sin, interleaved=interleaved)
-        want = reference.apply(x.cpu(), positions, freqs, interleaved=interleaved)
-        # float32 tables are within ~6e-8 of exact; rotation in float32.
-        torch.testing.assert_close(y.cpu().double(), want, rtol=1e-5, atol=1e-5)
+CASES = [
+    "bhsd-table", "bhsd-table-per-batch", "bshd-table", "thd-table", "bhsd-offset",
+    "bshd-offset-tensor", "bhsd-positions-s", "bshd-positions-bs",
+    "bhsd-positions-bs-offset-tensor", "bshd-positions-s-offset-int", "thd-offset",
+    "thd-positions", "thd-cu", "thd-cu-offsets",
+]  # fmt: skip
 
 
-def test_apply_float64_and_gradcheck() -> None:
-    x = rand(1, 2, 3, 5, dtype=torch.float64).requires_grad_()
-    cos, sin = tables(3, 2, dtype=torch.float64)
-    y = tk.triton_apply_rope(x, cos, sin)
-    assert_close(y.detach(), rope64(x.detach(), cos, sin, False), torch.float64)
-    for interleaved in LAYOUTS:
-        fn = lambda t, i=interleaved: tk.triton_apply_rope(t, cos, sin, interleaved=i)  # noqa: E731
-        assert torch.autograd.gradcheck(fn, (x,), fast_mode=True)
-        # the backward is again a differentiable rotation
-        assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=True)
+def qk(layout: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k in ``layout``; a NaN and a -0.0 in the pass-through lanes (copied bitwise)."""
+
+    def shape(h: int) -> tuple[int, ...]:
+        return {"bhsd": (B, h, S, D), "bshd": (B, S, h, D), "thd": (T, h, D)}[layout]
+
+    q, k = rand(*shape(HQ), dtype=dtype, seed=seed), rand(*shape(HK), dtype=dtype, seed=seed + 1)
+    q[..., 2 * N], k[..., -1] = float("nan"), -0.0
+    return q, k
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("interleaved", LAYOUTS)
-def test_apply_backward_is_inverse_rotation(dtype, interleaved) -> None:
-    """dL/dx against autograd through the float64 torch path; incoming grads of any strides."""
-    x = rand(2, 3, 5, 7, dtype=dtype).requires_grad_()
-    cos, sin = tables(5, 3)
-    g = rand(2, 5, 3, 7, dtype=dtype, seed=9).transpose(1, 2)
-    tk.triton_apply_rope(x, cos, sin, interleaved=interleaved).backward(g)
-    x64 = x.detach().double().requires_grad_()
-    rope64(x64, cos, sin, interleaved).backward(g.double())
-    assert_close(x.grad, x64.grad, dtype)
-    # .sum() hands the kernel a zero-stride gradient
-    x.grad = None
-    tk.triton_apply_rope(x, cos, sin, interleaved=interleaved).sum().backward()
-    x64.grad = None
-    rope64(x64, cos, sin, interleaved).sum().backward()
-    assert_close(x.grad, x64.grad, dtype)
+# ----------------------------------------------------------------------------- values
 
 
-def test_apply_empty_and_errors() -> None:
-    cos, sin = tables(5, 4)
-    empty = tk.triton_apply_rope(rand(2, 0, 5, 8), cos, sin)
-    assert empty.shape == (2, 0, 5, 8)
-    with pytest.raises(RopeValueError, match="dtype"):
-        tk.triton_apply_rope(rand(5, 8).to(torch.int32), cos, sin)
-    with pytest.raises(RopeValueError, match="broadcast"):
-        tk.triton_apply_rope(rand(2, 3, 6, 8), cos, sin)
-    with pytest.raises(RopeValueError, match="require grad"):
-        tk.triton_apply_rope(rand(5, 8), cos.requires_grad_(), sin)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
+@pytest.mark.parametrize("case", CASES)
+def test_qk_plain_out_and_in_place(case, interleaved, dtype) -> None:
+    """apply_rope_qk (new outputs, then out= into strided buffers) and apply_rope_qk_ (in
+    place) against the rotation matrices; inputs untouched, pass-through lanes bitwise."""
+    layout, kw, rows = _case(case, dtype)
+    kw.update(layout=layout, interleaved=interleaved, backend="triton")
+    q, k = qk(layout, dtype)
+    want = [exact(x, rows, layout, interleaved) for x in (q, k)]
+    before = [bits(x).clone() for x in (q, k)]
+
+    got = apply_rope_qk(q, k, **kw)
+    for y, x, w, b0 in zip(got, (q, k), want, before, strict=True):
+        close(y[..., : 2 * N], w[..., : 2 * N], dtype)
+        assert y.shape == x.shape and torch.equal(bits(y[..., 2 * N :]), bits(x[..., 2 * N :]))
+        assert torch.equal(bits(x), b0), "input modified"
+
+    # out=: views into wider buffers, written through their strides
+    outs = [torch.full((*x.shape[:-1], D + 3), 7.0, dtype=dtype, device=DEVICE)[..., 1 : D + 1]
+            for x in (q, k)]  # fmt: skip
+    got = apply_rope_qk(q, k, out=outs, **kw)
+    assert got[0] is outs[0] and got[1] is outs[1]
+    for y, x, w in zip(outs, (q, k), want, strict=True):
+        close(y[..., : 2 * N], w[..., : 2 * N], dtype)
+        assert torch.equal(bits(y[..., 2 * N :]), bits(x[..., 2 * N :]))
+        assert (y._base[..., 0] == 7).all() and (y._base[..., D + 1 :] == 7).all()
+
+    # in place: the same values, in q's and k's own memory
+    q2, k2 = q.clone(), k.clone()
+    got = apply_rope_qk_(q2, k2, **kw)
+    assert got[0] is q2 and got[1] is k2
+    for y, x, w in zip((q2, k2), (q, k), want, strict=True):
+        close(y[..., : 2 * N], w[..., : 2 * N], dtype)
+        assert torch.equal(bits(y[..., 2 * N :]), bits(x[..., 2 * N :]))
 
 
-# ------------------------------------------------------------------ triton_rope_qk
+@pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
+@pytest.mark.parametrize("case", CASES)
+def test_single_tensor_plain_and_in_place(case, interleaved) -> None:
+    layout, kw, rows = _case(case, torch.float32)
+    kw.update(layout=layout, interleaved=interleaved, backend="triton")
+    x, _ = qk(layout, torch.float32, seed=5)
+    want = exact(x, rows, layout, interleaved)
+    close(apply_rope(x, **kw)[..., : 2 * N], want[..., : 2 * N], torch.float32)
+    y = x.clone()
+    assert apply_rope_(y, **kw) is y
+    close(y[..., : 2 * N], want[..., : 2 * N], torch.float32)
+    assert torch.equal(bits(y[..., 2 * N :]), bits(x[..., 2 * N :]))
 
 
-def rows_oracle(b, s, positions=None, offset=0, cu=None):
-    """Table row of every token, by loops: ``[b, s]``, or ``[t]`` for packed inputs."""
-    if cu is not None:
-        out = []
-        for j in range(len(cu) - 1):
-            extra = offset[j] if isinstance(offset, list) else offset
-            out += [p + extra for p in range(cu[j + 1] - cu[j])]
-        return torch.tensor(out)
-    out = []
-    for i in range(b):
-        if positions is None:
-            base = list(range(s))
-        elif isinstance(positions[0], list):  # [b, s] or [1, s]
-            base = positions[i if len(positions) > 1 else 0]
-        else:  # [s]
-            base = positions
-        extra = offset[i] if isinstance(offset, list) else offset
-        out.append([p + extra for p in base])
-    return torch.tensor(out)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
+@pytest.mark.parametrize("case", ["bshd-table", "bshd-positions-bs", "thd-cu-offsets"])
+def test_inverse_rotates_by_minus_theta(case, interleaved, dtype) -> None:
+    layout, kw, rows = _case(case, dtype)
+    kw.update(layout=layout, interleaved=interleaved, backend="triton", inverse=True)
+    q, k = qk(layout, dtype, seed=3)
+    for y, x in zip(apply_rope_qk(q, k, **kw), (q, k), strict=True):
+        close(y[..., : 2 * N], exact(x, rows, layout, interleaved, sign=-1)[..., : 2 * N], dtype)
+    q2, k2 = q.clone(), k.clone()
+    apply_rope_qk_(q2, k2, **kw)
+    close(q2[..., : 2 * N], exact(q, rows, layout, interleaved, sign=-1)[..., : 2 * N], dtype)
 
 
-def qk_oracle(q, k, cos, sin, rows, interleaved):
-    c, s = cos.double()[rows.to(cos.device)], sin.double()[rows.to(cos.device)]
-    if q.ndim == 4:  # rows [b, s] -> [b, 1, s, n]
-        c, s = c[:, None], s[:, None]
-    else:  # rows [t] -> [t, 1, n]
-        c, s = c[:, None], s[:, None]
-    return rope64(q, c, s, interleaved), rope64(k, c, s, interleaved)
+def test_mixed_dtypes_gqa_and_odd_head_dim() -> None:
+    """q float32 and k bfloat16 (one launch: the kernel is typed per pointer); d = 7, n = 3."""
+    freqs = ropekit.inv_freq(7, 10000.0)
+    q, k = rand(2, 5, 3, 7), rand(2, 5, 1, 7, dtype=torch.bfloat16, seed=1)
+    cos, sin = tables(range(9), freqs=freqs)
+    pos = [[0, 8, 2, 3, 1], [4, 4, 4, 0, 7]]
+    yq, yk = apply_rope_qk(q, k, cos, sin, positions=torch.tensor(pos, device=DEVICE),
+                           layout="bshd", interleaved=True, backend="triton")  # fmt: skip
+    close(yq, exact(q, pos, "bshd", True, freqs=freqs), torch.float32)
+    close(yk, exact(k, pos, "bshd", True, freqs=freqs), torch.bfloat16)
 
 
-QK_CASES = {
-    "default": dict(),
-    "offset_int": dict(offset=7),
-    "offset_tensor": dict(offset=[3, 11]),
-    "positions_s": dict(positions=[4, 0, 9, 9, 1]),
-    "positions_bs": dict(positions=[[0, 1, 2, 3, 4], [19, 2, 5, 0, 8]]),
-    "positions_1s": dict(positions=[[6, 5, 4, 3, 2]]),
-    "positions_and_offsets": dict(positions=[[0, 1, 2, 3, 4], [9, 2, 5, 0, 8]], offset=[1, 2]),
-}
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("interleaved", LAYOUTS)
-@pytest.mark.parametrize("case", list(QK_CASES))
-def test_qk_positions(dtype, interleaved, case) -> None:
-    """GQA (h_q=4, h_k=2), transposed [b, s, h, d] views, every way of giving positions."""
-    kw = QK_CASES[case]
-    b, s, d, n = 2, 5, 10, 4  # partial rotary: lanes 8, 9 pass through
-    q = rand(b, s, 4, d, dtype=dtype).transpose(1, 2)
-    k = rand(b, s, 2, d, dtype=dtype, seed=3).transpose(1, 2)
-    cos, sin = tables(24, n)
-    pos_list, off = kw.get("positions"), kw.get("offset", 0)
-    rows = rows_oracle(b, s, pos_list, off)
-    args = {}
-    if pos_list is not None:
-        args["positions"] = torch.tensor(pos_list, device=DEVICE)
-    if isinstance(off, list):
-        args["offset"] = torch.tensor(off, device=DEVICE, dtype=torch.int32)
-    elif off:
-        args["offset"] = off
-    before = q.clone(), k.clone()
-    yq, yk = tk.triton_rope_qk(q, k, cos, sin, interleaved=interleaved, **args)
-    assert torch.equal(q, before[0]) and torch.equal(k, before[1])
-    eq, ek = qk_oracle(q, k, cos, sin, rows, interleaved)
-    assert_close(yq, eq, dtype)
-    assert_close(yk, ek, dtype)
-    assert torch.equal(bits(yq[..., 2 * n :]), bits(q[..., 2 * n :]))
-    # the plain-torch statement of the same op agrees
-    rq, rk = tk.rope_qk_reference(q, k, cos, sin, interleaved=interleaved, **args)
-    assert_close(rq, eq, dtype)
-    assert_close(rk, ek, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("interleaved", LAYOUTS)
-@pytest.mark.parametrize("offsets", [None, [5, 0, 2, 1]])
-def test_qk_varlen(dtype, interleaved, offsets) -> None:
-    """Packed [t, h, d] with cu_seqlens (an empty sequence included): positions restart."""
-    cu = [0, 3, 3, 8, 11]
-    t, d = cu[-1], 7  # odd head dim
-    q = rand(t, 4, d, dtype=dtype)
-    k = rand(t, 1, d, dtype=dtype, seed=2)
-    cos, sin = tables(16, 3)
-    rows = rows_oracle(1, t, None, offsets or 0, cu)
-    args = {"cu_seqlens": torch.tensor(cu, device=DEVICE, dtype=torch.int32)}
-    if offsets is not None:
-        args["offset"] = torch.tensor(offsets, device=DEVICE)
-    yq, yk = tk.triton_rope_qk(q, k, cos, sin, interleaved=interleaved, **args)
-    eq, ek = qk_oracle(q, k, cos, sin, rows, interleaved)
-    assert_close(yq, eq, dtype)
-    assert_close(yk, ek, dtype)
-
-
-def test_qk_varlen_many_sequences() -> None:
-    """Binary search over 37 sequences of random lengths (zero allowed)."""
+def test_many_documents_binary_search() -> None:
+    """cu_seqlens of 37 documents of random lengths (empty ones included)."""
     lengths = torch.randint(0, 6, (37,), generator=gen(5)).tolist()
     cu = [0]
     for length in lengths:
         cu.append(cu[-1] + length)
-    q, k = rand(cu[-1], 2, 8), rand(cu[-1], 2, 8, seed=1)
-    cos, sin = tables(8, 4)
-    cu_t = torch.tensor(cu, device=DEVICE)
-    yq, yk = tk.triton_rope_qk(q, k, cos, sin, cu_seqlens=cu_t)
-    eq, ek = qk_oracle(q, k, cos, sin, rows_oracle(1, cu[-1], None, 0, cu), False)
-    assert_close(yq, eq, torch.float32)
-    assert_close(yk, ek, torch.float32)
+    rows = [i for length in lengths for i in range(length)]
+    q, k = rand(cu[-1], 2, D), rand(cu[-1], 1, D, seed=1)
+    cos, sin = tables(range(8))
+    yq, yk = apply_rope_qk(q, k, cos, sin, cu_seqlens=torch.tensor(cu, device=DEVICE),
+                           layout="thd", backend="triton")  # fmt: skip
+    close(yq, exact(q, rows, "thd"), torch.float32)
+    close(yk, exact(k, rows, "thd"), torch.float32)
 
 
-def test_qk_packed_with_positions_and_table_dtypes() -> None:
-    """Packed inputs with explicit positions; bf16/fp16 tables are upcast, not a problem."""
-    q, k = rand(6, 2, 8), rand(6, 3, 8, seed=1)
-    positions = [5, 1, 0, 2, 2, 7]
-    for table_dtype in (torch.float16, torch.bfloat16, torch.float64):
-        cos, sin = tables(8, 4, dtype=table_dtype)
-        yq, yk = tk.triton_rope_qk(q, k, cos, sin, torch.tensor(positions, device=DEVICE))
-        eq, ek = qk_oracle(q, k, cos, sin, torch.tensor(positions), False)
-        assert_close(yq, eq, torch.float32)
-        assert_close(yk, ek, torch.float32)
+def test_empty_inputs() -> None:
+    cos, sin = tables(range(R))
+    x = rand(2, 0, 5, D)
+    assert apply_rope(x, cos[:5], sin[:5], backend="triton").shape == x.shape
+    q, k = rand(0, 3, D), rand(0, 1, D)
+    yq, yk = apply_rope_qk(q, k, cos, sin, cu_seqlens=torch.tensor([0, 0], device=DEVICE),
+                           layout="thd", backend="triton")  # fmt: skip
+    assert yq.shape == q.shape and yk.shape == k.shape
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_qk_backward(dtype) -> None:
-    """Gradients of q and k: rotation by -θ at the same positions (GQA, per-batch offsets)."""
-    q = rand(2, 5, 4, 8, dtype=dtype).transpose(1, 2).requires_grad_()
-    k = rand(2, 2, 5, 8, dtype=dtype, seed=1).requires_grad_()
-    cos, sin = tables(16, 4)
-    off = torch.tensor([2, 9], device=DEVICE)
-    yq, yk = tk.triton_rope_qk(q, k, cos, sin, offset=off, interleaved=True)
-    gq, gk = rand(*yq.shape, dtype=dtype, seed=7), rand(*yk.shape, dtype=dtype, seed=8)
+def test_refuses_devices_it_cannot_run_on() -> None:
+    x = torch.empty(1, 2, 3, D, device="meta")
+    c = torch.empty(3, N, device="meta")
+    with pytest.raises(ropekit.RopeValueError, match="backend='triton' cannot run on"):
+        apply_rope(x, c, c, backend="triton")
+
+
+def rope64(x, cos, sin, interleaved):
+    """The formula in float64 torch ops (for random tables, where no positions exist)."""
+    x, c, s = x.double().cpu(), cos.double().cpu(), sin.double().cpu()
+    n = c.shape[-1]
+    a, b = (x[..., 0 : 2 * n : 2], x[..., 1 : 2 * n : 2]) if interleaved else (
+        x[..., :n], x[..., n : 2 * n])  # fmt: skip
+    ya, yb = a * c - b * s, b * c + a * s
+    rot = torch.stack((ya, yb), dim=-1).flatten(-2) if interleaved else torch.cat((ya, yb), -1)
+    return torch.cat((rot, x[..., 2 * n :]), dim=-1)
+
+
+@st.composite
+def strided_case(draw):
+    """x of random shape with a random order of its stored batch dims; a random table."""
+    b, h, s = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 6))
+    d = draw(st.integers(2, 19))
+    n = draw(st.integers(1, d // 2))
+    order = draw(st.permutations([0, 1, 2]))
+    cos_shape = draw(st.sampled_from([(s, n), (b, 1, s, n), (1, h, 1, n), (b, h, s, n), (n,)]))
+    return (b, h, s, d), order, cos_shape, draw(st.booleans()), draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=25, deadline=None)
+@given(strided_case())
+def test_random_shapes_strides_and_table_broadcasts(args) -> None:
+    shape, order, cos_shape, interleaved, seed = args
+    stored = [shape[j] for j in order] + [shape[3]]
+    x = rand(*stored, seed=seed).permute(*[order.index(j) for j in range(3)], 3)
+    g = gen(seed + 1)
+    cos = (torch.rand(cos_shape, generator=g) * 2 - 1).to(DEVICE)
+    sin = (torch.rand(cos_shape, generator=g) * 2 - 1).to(DEVICE)
+    y = apply_rope(x, cos, sin, interleaved=interleaved, backend="triton")
+    close(y, rope64(x, cos, sin, interleaved), torch.float32)
+    z = x.clone()
+    apply_rope_(z, cos, sin, interleaved=interleaved, backend="triton")
+    close(z, rope64(x, cos, sin, interleaved), torch.float32)
+
+
+def test_batch_dims_no_view_covers() -> None:
+    """Five batch dims that do not merge into [B, H, S] (lane stride 2 as well)."""
+    x = rand(2, 5, 3, 2, 2 * D).permute(0, 3, 2, 1, 4)[..., ::2][:, :, :, ::2]
+    cos = (torch.rand(3, 1, N, generator=gen(1)) * 2 - 1).to(DEVICE)
+    sin = (torch.rand(3, 1, N, generator=gen(2)) * 2 - 1).to(DEVICE)
+    for interleaved in (False, True):
+        y = apply_rope(x, cos, sin, interleaved=interleaved, backend="triton")
+        close(y, rope64(x, cos, sin, interleaved), torch.float32)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "case", ["bhsd-table", "bshd-positions-bs", "thd-cu-offsets", "bhsd-offset"]
+)
+def test_gradient_is_the_inverse_rotation(case, dtype) -> None:
+    """dL/dq = R(-θ) dL/dy_q (same for k), incoming gradients of any strides."""
+    layout, kw, rows = _case(case, dtype)
+    q, k = (x.nan_to_num(0.0).requires_grad_() for x in qk(layout, dtype, seed=7))
+    yq, yk = apply_rope_qk(q, k, layout=layout, backend="triton", **kw)
+    gq = rand(*reversed(yq.shape), dtype=dtype, seed=8).permute(*reversed(range(yq.ndim)))
+    gk = rand(*yk.shape, dtype=dtype, seed=9)
     torch.autograd.backward((yq, yk), (gq, gk))
-    rows = rows_oracle(2, 5, None, [2, 9])
-    q64, k64 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
-    eq, ek = qk_oracle(q64, k64, cos, sin, rows, True)
-    torch.autograd.backward((eq, ek), (gq.double(), gk.double()))
-    assert_close(q.grad, q64.grad, dtype)
-    assert_close(k.grad, k64.grad, dtype)
+    close(q.grad, exact(gq, rows, layout, sign=-1), dtype)
+    close(k.grad, exact(gk, rows, layout, sign=-1), dtype)
 
 
-def test_qk_gradcheck_float64_varlen() -> None:
-    q = rand(5, 2, 4, dtype=torch.float64).requires_grad_()
-    k = rand(5, 1, 4, dtype=torch.float64, seed=1).requires_grad_()
-    cos, sin = tables(8, 2, dtype=torch.float64)
-    cu = torch.tensor([0, 2, 5], device=DEVICE)
-    assert torch.autograd.gradcheck(
-        lambda a, b: tk.triton_rope_qk(
-            a, b, cos, sin, cu_seqlens=cu, offset=torch.tensor([1, 3], device=DEVICE)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
+def test_in_place_on_views_gives_the_base_its_gradient(interleaved) -> None:
+    """q and k rotated in place as slices of a fused [b, s, 3, h, d] qkv projection: the
+    base gets the out-of-place gradient in the q and k slices and the identity in v."""
+    layout, kw, rows = _case("bshd-positions-bs", torch.float32)
+    kw.update(layout=layout, interleaved=interleaved, backend="triton")
+    base0 = rand(B, S, 3, HQ, D, seed=11)
+    w = rand(B, S, 3, HQ, D, seed=12)
+
+    base = base0.clone().requires_grad_()
+    qkv = base * 1.0  # a non-leaf, as a projection's output is
+    q, k = apply_rope_qk_(qkv[:, :, 0], qkv[:, :, 1], **kw)
+    assert q._base is qkv and k._base is qkv
+    (qkv * w).sum().backward()
+    close(qkv[:, :, 0], exact(base0[:, :, 0], rows, layout, interleaved), torch.float32)
+    assert torch.equal(qkv[:, :, 2], base0[:, :, 2])
+
+    ref = base0.clone().requires_grad_()
+    yq, yk = apply_rope_qk(ref[:, :, 0], ref[:, :, 1], **kw)
+    (
+        (yq * w[:, :, 0]).sum() + (yk * w[:, :, 1]).sum() + (ref[:, :, 2] * w[:, :, 2]).sum()
+    ).backward()
+    torch.testing.assert_close(base.grad, ref.grad, **TOL[torch.float32])
+    close(base.grad[:, :, 1], exact(w[:, :, 1], rows, layout, interleaved, sign=-1), torch.float32)
+    assert torch.equal(base.grad[:, :, 2], w[:, :, 2])
+
+    # one tensor, packed, in place on a view with cu_seqlens and per-document offsets
+    layout, kw, rows = _case("thd-cu-offsets", torch.float32)
+    wide0 = rand(T, HQ, 2 * D, seed=13)
+    wide = wide0.clone().requires_grad_()
+    h = wide * 1.0
+    apply_rope_(h[..., :D], layout=layout, interleaved=interleaved, backend="triton", **kw)
+    g = rand(T, HQ, 2 * D, seed=14)
+    h.backward(g)
+    close(wide.grad[..., :D], exact(g[..., :D], rows, layout, interleaved, sign=-1),
+          torch.float32)  # fmt: skip
+    assert torch.equal(wide.grad[..., D:], g[..., D:])
+
+
+def test_gradcheck_and_gradgradcheck_float64() -> None:
+    _, kw, _ = _case("thd-cu-offsets", torch.float64)
+    q = rand(T, 2, 5, dtype=torch.float64).requires_grad_()
+    k = rand(T, 1, 5, dtype=torch.float64, seed=1).requires_grad_()
+    kw["cos"], kw["sin"] = kw["cos"][:, :2], kw["sin"][:, :2]
+
+    def fn(a, b):
+        return apply_rope_qk(a, b, layout="thd", interleaved=True, backend="triton", **kw)
+
+    assert torch.autograd.gradcheck(fn, (q, k), fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (q, k), fast_mode=True)
+
+
+# ----------------------------------------------------------------------------- launches
+
+
+class Recorder:
+    """Stands in for ``rope_kernel`` in :mod:`ropekit.apply.triton.ops`: records every
+    launch (its arguments) and runs it."""
+
+    def __init__(self, real) -> None:
+        self.real, self.launches = real, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((args, kwargs))
+            return self.real[grid](*args, **kwargs)
+
+        return launch
+
+
+@pytest.fixture
+def recorder(monkeypatch) -> Recorder:
+    rec = Recorder(ops.rope_kernel)
+    monkeypatch.setattr(ops, "rope_kernel", rec)
+    return rec
+
+
+def test_one_launch_per_qk_call(recorder) -> None:
+    """q and k in one launch, whatever the layout, positions, out= or in place; forward
+    and backward; the in-place launch writes into q's and k's own memory."""
+    _, kw_bs, _ = _case("bshd-positions-bs", torch.float32)
+    _, kw_cu, _ = _case("thd-cu-offsets", torch.float32)
+    _, kw_tab, _ = _case("bhsd-table", torch.float32)
+    qb, kb = qk("bshd", torch.float32)
+    qt, kt = qk("thd", torch.float32)
+    qh, kh = qk("bhsd", torch.float32)
+    mixed = qb.transpose(1, 2), kb.transpose(1, 2).contiguous()  # [b,s,h,d] view, dense [b,h,s,d]
+    fused = rand(B, S, 3, HQ, D, seed=3)
+    calls = {
+        "qk bshd positions": lambda: apply_rope_qk(qb, kb, layout="bshd", backend="triton", **kw_bs),
+        "qk thd cu_seqlens": lambda: apply_rope_qk(qt, kt, layout="thd", backend="triton", **kw_cu),
+        "qk broadcast table": lambda: apply_rope_qk(qh, kh, backend="triton", **kw_tab),
+        "qk broadcast, q a view": lambda: apply_rope_qk(*mixed, backend="triton", **kw_tab),
+        "qk mixed dtypes": lambda: apply_rope_qk(qh, kh.half(), backend="triton", **kw_tab),
+        "qk out=": lambda: apply_rope_qk(
+            qt, kt, layout="thd", backend="triton", out=(torch.empty_like(qt), torch.empty_like(kt)),
+            **kw_cu,
         ),
-        (q, k),
-        fast_mode=True,
+        "qk_ thd": lambda: apply_rope_qk_(qt.clone(), kt.clone(), layout="thd", backend="triton",
+                                          **kw_cu),
+        "qk_ fused views": lambda: apply_rope_qk_(fused[:, :, 0], fused[:, :, 1], layout="bshd",
+                                                  backend="triton", **kw_bs),
+    }  # fmt: skip
+    for name, call in calls.items():
+        recorder.launches.clear()
+        call()
+        assert len(recorder.launches) == 1, (name, len(recorder.launches))
+        if name.startswith("qk_"):
+            args = recorder.launches[0][0]
+            assert args[1] is args[0] and args[3] is args[2], "in place: y is x"
+
+    # with autograd: one launch forward, one backward
+    q, k = (x.detach().requires_grad_() for x in (qb, kb))
+    recorder.launches.clear()
+    yq, yk = apply_rope_qk(q, k, layout="bshd", backend="triton", **kw_bs)
+    assert len(recorder.launches) == 1
+    torch.autograd.backward((yq, yk), (torch.ones_like(yq), torch.ones_like(yk)))
+    assert len(recorder.launches) == 2 and recorder.launches[1][1]["CONJ"]
+
+    base = fused.clone().requires_grad_()
+    qkv = base * 1.0
+    recorder.launches.clear()
+    q, k = apply_rope_qk_(qkv[:, :, 0], qkv[:, :, 1], layout="bshd", backend="triton", **kw_bs)
+    assert len(recorder.launches) == 1
+    (q.sum() + k.sum()).backward()
+    # The dispatcher gives each tensor rotated in place its own autograd node (torch lets a
+    # Function that modifies a view return only that view): one launch each backward.
+    assert len(recorder.launches) == 3
+
+
+@pytest.mark.parametrize("block_elems", [8, 32, 4096])
+def test_tiles_of_every_size(monkeypatch, recorder, block_elems) -> None:
+    """Tiles of one head and token, of 4 of q's 5 and k's 3 heads (ragged head blocks),
+    and of 16 tokens (ragged token blocks: 21 = 16 + 5): the same result."""
+    monkeypatch.setattr(
+        ops, "_plan_indexed", functools.partial(plan.plan_indexed, block_elems=block_elems)
     )
+    q, k = rand(1, 21, 5, 12), rand(1, 21, 3, 12, seed=1)
+    freqs = ropekit.inv_freq(12, 10000.0, rotary_dim=10)
+    cos, sin = tables(range(24), freqs=freqs)
+    for interleaved in (False, True):
+        recorder.launches.clear()
+        yq, yk = apply_rope_qk(q, k, cos, sin, offset=2, layout="bshd", interleaved=interleaved,
+                               backend="triton")  # fmt: skip
+        ((_, meta),) = recorder.launches
+        want = {8: (1, 1), 32: (1, 4), 4096: (16, 4)}[block_elems]
+        assert (meta["BLOCK_S"], meta["BLOCK_H"]) == want
+        rows = [[2 + j for j in range(21)]]
+        close(yq, exact(q, rows, "bshd", interleaved, freqs=freqs), torch.float32)
+        close(yk, exact(k, rows, "bshd", interleaved, freqs=freqs), torch.float32)
+
+
+def test_int64_addressing(monkeypatch, recorder) -> None:
+    """The 64-bit address variant (forced on small inputs) computes the same."""
+    monkeypatch.setattr(plan, "needs_int64", lambda *metas: True)
+    for cached in (ops._plan_indexed, ops._plan_broadcast):  # plans memoised: recompute
+        cached.cache_clear()
+    try:
+        for case in ("thd-cu-offsets", "bshd-table"):
+            layout, kw, rows = _case(case, torch.float32)
+            q, k = qk(layout, torch.float32, seed=4)
+            recorder.launches.clear()
+            got = apply_rope_qk(q, k, layout=layout, interleaved=True, backend="triton", **kw)
+            assert recorder.launches[0][1]["INT64"]
+            for y, x in zip(got, (q, k), strict=True):
+                close(y[..., : 2 * N], exact(x, rows, layout, True)[..., : 2 * N], torch.float32)
+    finally:
+        monkeypatch.undo()
+        for cached in (ops._plan_indexed, ops._plan_broadcast):
+            cached.cache_clear()
+
+
+# ----------------------------------------------------------------------------- torch op
 
 
 def test_torch_op_path_matches_direct_launch() -> None:
-    """Eager calls on plain tensors launch the kernel directly; under a dispatch mode (as
-    in make_fx or FakeTensor tracing) they go through the registered torch ops, as
-    torch.compile does. Both give identical outputs and gradients."""
+    """Under a dispatch mode (as in make_fx or FakeTensor tracing) the backend runs its
+    registered torch op, as under torch.compile: the same outputs and gradients."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Record(TorchDispatchMode):
@@ -413,195 +553,133 @@ def test_torch_op_path_matches_direct_launch() -> None:
             self.ops.add(str(func))
             return func(*args, **(kwargs or {}))
 
-    q0, k0 = rand(2, 5, 4, 8).transpose(1, 2), rand(2, 2, 5, 8, seed=1)
-    cos, sin = tables(8, 3)
+    layout, kw, _ = _case("thd-cu-offsets", torch.float32)
+    q0, k0 = (x.nan_to_num(0.0) for x in qk(layout, torch.float32))
 
     def run():
         q, k = q0.clone().requires_grad_(), k0.clone().requires_grad_()
-        yq, yk = tk.triton_rope_qk(q, k, cos, sin, offset=torch.tensor([1, 3], device=DEVICE))
-        pq, pk = tk.triton_apply_rope_qk(q, k, cos[:5], sin[:5], interleaved=True)
-        y = tk.triton_apply_rope(q, cos[:5], sin[:5])
-        outs = (yq, yk, pq, pk, y)
+        yq, yk = apply_rope_qk(q, k, layout=layout, backend="triton", **kw)
+        y = apply_rope(q, kw["cos"][:T, None], kw["sin"][:T, None], layout="thd", backend="triton")
+        outs = (yq, yk, y)
         grads = torch.autograd.grad(outs, (q, k), [torch.ones_like(o) for o in outs])
         return [o.detach() for o in outs] + list(grads)
 
     direct = run()
     mode = Record()
     with mode:
-        via_ops = run()
-    for name in ("triton_rope_qk", "triton_rope_pair", "triton_rope."):
-        assert any(f"ropekit.{name}" in op for op in mode.ops), (name, sorted(mode.ops))
-    for a, b in zip(direct, via_ops, strict=True):  # same kernel; sums of grads may reorder
+        via_op = run()
+    assert any("ropekit.triton_rotate" in op for op in mode.ops), sorted(mode.ops)
+    for a, b in zip(direct, via_op, strict=True):  # same kernel; sums of grads may reorder
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_torch_func_grad() -> None:
-    """torch.func.grad (functorch-wrapped tensors) differentiates through the kernel:
-    the gradient of sum(y * w) is R(-θ) w, as autograd computes it."""
-    q = rand(1, 2, 3, 8, dtype=torch.float64)
-    k = rand(1, 1, 3, 8, dtype=torch.float64, seed=1)
-    w = rand(1, 2, 3, 8, dtype=torch.float64, seed=2)
-    cos, sin = tables(4, 3, dtype=torch.float64)
-
-    def loss(t):
-        yq, _ = tk.triton_rope_qk(t, k, cos, sin, offset=1)
-        return (tk.triton_apply_rope(yq, cos[:3], sin[:3]) * w).sum()
-
-    got = torch.func.grad(loss)(q)
-    rows = rows_oracle(1, 3, None, 1)
-    c, s = cos[rows][:, None], sin[rows][:, None]
-    want = rope64(rope64(w, cos[:3], -sin[:3], False), c, -s, False)
-    assert_close(got, want, torch.float64)
-
-
-def test_qk_rows_outside_table() -> None:
-    q, k = rand(1, 2, 4, 8), rand(1, 1, 4, 8, seed=1)
-    cos, sin = tables(6, 4)
-    with pytest.raises(RopeValueError, match="offset=3"):
-        tk.triton_rope_qk(q, k, cos, sin, offset=3)  # rows [3, 7) of 6: checked on the host
-    bad = torch.tensor([0, 6, 2, -1], device=DEVICE)
-    if DEVICE == "cpu":
-        with pytest.raises(RopeValueError, match=r"span \[-1, 6\]"):
-            tk.triton_rope_qk(q, k, cos, sin, bad)
-        with pytest.raises(RopeValueError, match="cu_seqlens"):
-            tk.triton_rope_qk(q[0].transpose(0, 1), k[0].transpose(0, 1), cos, sin,
-                              cu_seqlens=torch.tensor([0, 3, 2]))  # fmt: skip
-    # without validation nothing outside the table is read: those rows come out NaN
-    yq, yk = tk.triton_rope_qk(q, k, cos, sin, bad, validate=False)
-    good = torch.tensor([True, False, True, False])
-    assert torch.isnan(yq[:, :, ~good, :8]).all() and torch.isnan(yk[:, :, ~good, :8]).all()
-    eq, _ = qk_oracle(q, k, cos, sin, torch.tensor([[0, 0, 2, 0]]), False)
-    assert_close(yq[:, :, good], eq[:, :, good], torch.float32)
-
-
-def test_qk_argument_errors() -> None:
-    q, k = rand(2, 4, 5, 8), rand(2, 2, 5, 8)
-    cos, sin = tables(8, 4)
-    cases = [
-        (dict(k=k.half()), "dtype"),
-        (dict(k=rand(2, 2, 4, 8)), "do not match"),
-        (dict(q=rand(4, 5, 8)), "expected"),
-        (dict(cos=cos[:, :1].expand(8, 5)), "2n <= d|n >= 1"),
-        (dict(cos=cos[None]), "table"),
-        (dict(positions=torch.arange(5.0)), "integer"),
-        (dict(positions=torch.arange(4)), "positions.shape"),
-        (dict(offset=torch.tensor([1, 2, 3])), "offset.shape"),
-        (dict(offset=1.5), "offset"),
-        (dict(cu_seqlens=torch.tensor([0, 5])), "cu_seqlens"),
-    ]
-    for kw, match in cases:
-        args = dict(q=q, k=k, cos=cos, sin=sin)
-        args.update(
-            {key: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for key, v in kw.items()}
-        )
-        if args["cos"].shape != sin.shape:
-            args["sin"] = args["cos"]
-        with pytest.raises(RopeValueError, match=match):
-            tk.triton_rope_qk(**args)
-
-
-def test_int64_path(monkeypatch) -> None:
-    """The 64-bit address variant computes the same thing (forced on small inputs)."""
-    assert tk._needs_int64(((2**31,), (1,))) and not tk._needs_int64(((2**20,), (1,)))
-    assert tk._needs_int64(((2, 2**30), (1, 2**30)))  # strides reach past 2**31
-    assert not tk._needs_int64(((2**33,), (0,)), None)  # expanded: one element
-    # Launch plans are memoised by shape and strides: recompute them with the patch.
-    monkeypatch.setattr(tk, "_needs_int64", lambda *metas: True)
-    tk._qk_launch.cache_clear()
-    try:
-        q, k = rand(3, 2, 7), rand(3, 1, 7, seed=1)
-        cos, sin = tables(4, 3)
-        cu = torch.tensor([0, 1, 3], device=DEVICE)
-        yq, yk = tk.triton_rope_qk(q, k, cos, sin, cu_seqlens=cu, interleaved=True)
-        assert tk._qk_launch(
-            (q.shape, q.stride()), (k.shape, k.stride()), q.stride(), k.stride(),
-            (cos.shape, cos.stride()), None, None, (cu.shape, cu.stride()), False, True, False,
-            tk.BLOCK_ELEMS, None,
-        ).meta["INT64"]  # fmt: skip
-    finally:
-        tk._qk_launch.cache_clear()
-    eq, ek = qk_oracle(q, k, cos, sin, rows_oracle(1, 3, None, 0, [0, 1, 3]), True)
-    assert_close(yq, eq, torch.float32)
-    assert_close(yk, ek, torch.float32)
-
-
-@pytest.mark.parametrize("interleaved", LAYOUTS)
-@pytest.mark.parametrize("block_elems", [8, 32, 4096])
-def test_tiles_of_every_size(monkeypatch, interleaved, block_elems) -> None:
-    """Tiles of one head and token, of 4 of q's 5 and k's 3 heads (ragged head blocks),
-    and of 16 tokens (ragged token blocks: 21 = 16 + 5): the same result."""
-    q = rand(1, 21, 5, 12).transpose(1, 2)
-    k = rand(1, 21, 3, 12, seed=1).transpose(1, 2)
-    cos, sin = tables(24, 5)  # partial rotary: lanes 10, 11 pass through
-    launches = []
-    real = tk._launch
-    monkeypatch.setattr(
-        tk,
-        "_launch",
-        lambda kernel, launch, *a: launches.append(launch) or real(kernel, launch, *a),
+def test_torch_op_autograd_formula() -> None:
+    """The op's own autograd (what torch.compile differentiates): backward = the same op
+    rotating by -θ, at the same rows."""
+    layout, kw, rows = _case("thd-cu-offsets", torch.float64)
+    q, k = (x.nan_to_num(0.0).requires_grad_() for x in qk(layout, torch.float64))
+    cq, ck = q.transpose(0, 1)[None], k.transpose(0, 1)[None]  # canonical [1, h, t, d]
+    yq, _ = torch.ops.ropekit.triton_rotate(
+        [cq, ck], kw["cos"], kw["sin"], None, kw["offset"], kw["cu_seqlens"], 0, True, False, False
     )
-    yq, yk = tk._qk_forward(
-        tk._rope_kernel, q, k, cos, sin, None, None, None, 2, interleaved, False,
-        block_elems=block_elems,
-    )  # fmt: skip
-    (launch,) = launches
-    want = {8: (1, 1), 32: (1, 4), 4096: (16, 4)}[block_elems]
-    assert (launch.meta["BLOCK_S"], launch.meta["BLOCK_H"]) == want
-    eq, ek = qk_oracle(q, k, cos, sin, rows_oracle(1, 21, None, 2), interleaved)
-    assert_close(yq, eq, torch.float32)
-    assert_close(yk, ek, torch.float32)
+    close(yq[0].transpose(0, 1), exact(q, rows, layout), torch.float64)
+    g = rand(*yq.shape, dtype=torch.float64, seed=3)
+    yq.backward(g)  # yk unused: its gradient arrives as None
+    close(q.grad, exact(g[0].transpose(0, 1), rows, layout, sign=-1), torch.float64)
+    assert k.grad is None or not k.grad.any()
+
+
+# ----------------------------------------------------------------------------- plans
 
 
 def test_tile_choice() -> None:
     """Big launches get ~2 * BLOCK_ELEMS-element tiles; decode-sized ones shrink tiles so
     the grid has enough programs; GQA's smaller head count sets BLOCK_H."""
-    bs, bh, bn, warps, programs = tk._tiles(1, 4096, 32, 8, 64, tk.BLOCK_ELEMS, None)
-    assert (bn, bh) == (64, 8) and bs * bh * bn == tk.BLOCK_ELEMS and warps == 4
+    bs, bh, bn, warps, programs = plan.tiles(1, 4096, 32, 8, 64, plan.BLOCK_ELEMS, None)
+    assert (bn, bh) == (64, 8) and bs * bh * bn == plan.BLOCK_ELEMS and warps == 4
     assert programs == (4096 // bs) * (32 // 8 + 1)
-    bs, bh, bn, warps, programs = tk._tiles(32, 1, 32, 32, 64, tk.BLOCK_ELEMS, None)
-    assert bs == 1 and bh * bn == tk.MIN_BLOCK_ELEMS and programs == 32 * 2 * (32 // bh)
+    bs, bh, bn, warps, programs = plan.tiles(32, 1, 32, 32, 64, plan.BLOCK_ELEMS, None)
+    assert bs == 1 and bh * bn == plan.MIN_BLOCK_ELEMS and programs == 32 * 2 * (32 // bh)
     assert warps == 1
-    assert tk._tiles(1, 1, 1, 0, 3, tk.BLOCK_ELEMS, 2)[1:4] == (1, 4, 2)
+    assert plan.tiles(1, 1, 1, 0, 3, plan.BLOCK_ELEMS, 2)[1:4] == (1, 4, 2)
 
 
-@st.composite
-def strided_case(draw):
-    """x of random shape and a random permutation of its batch dims; a random table shape."""
-    b, h, s = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 6))
-    d = draw(st.integers(2, 19))
-    n = draw(st.integers(1, d // 2))
-    order = draw(st.permutations([0, 1, 2]))
-    cos_shape = draw(st.sampled_from([(s, n), (b, 1, s, n), (1, h, 1, n), (b, h, s, n), (n,)]))
-    return (b, h, s, d), n, order, cos_shape, draw(st.booleans()), draw(st.integers(0, 2**16))
+def test_int64_decision() -> None:
+    assert plan.needs_int64(((2**31,), (1,))) and not plan.needs_int64(((2**20,), (1,)))
+    assert plan.needs_int64(((2, 2**30), (1, 2**30)))  # strides reach past 2**31
+    assert not plan.needs_int64(((2**33,), (0,)), None)  # expanded: one element
+    assert not plan.needs_int64(((0, 2**40), (2**40, 1)))  # empty
 
 
-@settings(max_examples=25, deadline=None)
-@given(strided_case())
-def test_apply_random_shapes_and_strides(case) -> None:
-    shape, _, order, cos_shape, interleaved, seed = case
-    stored = [shape[j] for j in order] + [shape[3]]
-    inverse = [order.index(j) for j in range(3)] + [3]
-    x = rand(*stored, seed=seed).permute(*inverse)
-    g = gen(seed + 1)
-    cos = (torch.rand(cos_shape, generator=g) * 2 - 1).to(DEVICE)
-    sin = (torch.rand(cos_shape, generator=g) * 2 - 1).to(DEVICE)
-    y = tk.triton_apply_rope(x, cos, sin, interleaved=interleaved)
-    assert_close(y, rope64(x, cos, sin, interleaved), torch.float32)
+def _x(shape, strides, f64=False, inplace=False):
+    return (tuple(shape), tuple(strides), tuple(strides), f64, inplace)
 
 
-def test_import_ropekit_does_not_import_triton() -> None:
-    code = "import sys, ropekit; assert 'triton' not in sys.modules, 'triton imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_plans_share_one_launch_when_they_can() -> None:
+    # q a [b, s, h, d] view, k dense [b, h, s, d], an [s, n] table: one [B, H, S] grid
+    q = _x((2, 3, 5, 8), (120, 8, 24, 1))
+    k = _x((2, 2, 5, 8), (80, 40, 8, 1))
+    (launch,) = plan.plan_broadcast((q, k), ((5, 4), (4, 1)), False, False)
+    assert (launch.first, launch.second) == (0, 1) and launch.args[:3] == (5, 3, 2)
+    assert not launch.meta["COS_PER_HEAD"]
+    # a contiguous [b, h, s, d] with an [s, n] table folds b and h into the head slot
+    (launch,) = plan.plan_broadcast((_x((2, 3, 5, 8), (120, 40, 8, 1)),), ((5, 4), (4, 1)),
+                                    False, False)  # fmt: skip
+    assert launch.args[:3] == (5, 6, 0) and launch.grid[0] >= 1
+    # indexed: one launch; separate ones for different TAIL (head dims) or compute dtypes
+    table = ((16, 4), (4, 1))
+    q, k = _x((2, 3, 5, 10), (150, 50, 10, 1)), _x((2, 1, 5, 10), (50, 50, 10, 1))
+    assert len(plan.plan_indexed((q, k), table, None, None, None, False, False)) == 1
+    k8 = _x((2, 1, 5, 8), (40, 40, 8, 1))
+    assert len(plan.plan_indexed((q, k8), table, None, None, None, False, False)) == 2
+    k64 = _x((2, 1, 5, 10), (50, 50, 10, 1), f64=True)
+    assert len(plan.plan_indexed((q, k64), table, None, None, None, False, False)) == 2
+    # in place skips the pass-through copy; then d no longer matters
+    q_ip, k8_ip = (*q[:4], True), (*k8[:4], True)
+    (launch,) = plan.plan_indexed((q_ip, k8_ip), table, None, None, None, False, False)
+    assert launch.meta["TAIL"] == 0
+    # cu_seqlens of 4 documents: 3 halvings (2**3 > 4)
+    (launch,) = plan.plan_indexed((q,), table, None, ((4,), (1,)), ((5,), (1,)), False, False)
+    assert launch.args[4:6] == (4, 3) and launch.meta["VARLEN"] and launch.meta["HAS_OFFS"]
 
+
+def test_no_view_for_unmergeable_batch_dims() -> None:
+    x = _x((2, 2, 3, 5, 8), (480, 8, 160, 16, 2))
+    assert plan.plan_broadcast((x,), ((3, 1, 4), (4, 4, 1)), False, False) is None
+
+
+def test_import_costs() -> None:
+    """``import ropekit`` (and the backend package) import no triton; plan.py imports
+    without triton; without a GPU or interpreter load() says why."""
+    code = """
+import sys
+sys.modules["triton"] = None  # any import of triton fails
+import ropekit, ropekit.apply.triton as backend
+from ropekit.apply.triton import plan
+assert plan.tiles(1, 8, 2, 1, 4, plan.BLOCK_ELEMS, None)
+print("reason:", backend.load())
+"""
+    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reason: triton cannot be imported" in proc.stdout, proc.stdout
+    code = "import ropekit.apply.triton as b; r = b.load(); print(isinstance(r, str), r)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("False" if CUDA else "True no CUDA device"), proc.stdout
+
+
+# ----------------------------------------------------------------------------- compilers
 
 _SM90_COMPILE = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from ropekit.apply import triton_kernel as tk
+from ropekit.apply.triton.kernel import rope_kernel as fn
 
-fn = tk._rope_kernel
 elem = {"x1_ptr": "x", "y1_ptr": "x", "x2_ptr": "x", "y2_ptr": "x", "cos_ptr": "t", "sin_ptr": "t",
         "pos_ptr": "i64", "offs_ptr": "i64", "cu_ptr": "i32"}
 # strides a launch sees as multiples of 16 (d = 128 rows) and specialises as such
@@ -631,16 +709,20 @@ print("compiled")
 """
 
 
+def _without_interpreter(code: str) -> subprocess.CompletedProcess[str]:
+    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # silence triton 3.9's notice; 1 is the default
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.mark.skipif(CUDA, reason="on a GPU every other test compiles the kernel for real")
 def test_kernel_compiles_for_sm90_with_wide_accesses() -> None:
     """The interpreter executes Python and accepts code the compiler rejects: compile the
     kernel for an H100 (sm_90, no GPU needed) in a process without TRITON_INTERPRET, and
     check that contiguous d=128 rows move in 16-byte vectors."""
-    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # silence triton 3.9's notice; 1 is the default
-    proc = subprocess.run(
-        [sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = _without_interpreter(_SM90_COMPILE)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
 
 
@@ -648,11 +730,10 @@ _TRACE = r"""
 import torch
 from torch._dynamo.backends.common import aot_autograd
 
-from ropekit.apply import triton_kernel as tk
+import ropekit
+from ropekit.apply.triton import ops
 
-tk._INTERPRETED = True  # let CPU tensors stand in for CUDA ones: nothing launches
-
-
+ops.INTERPRETED = True  # let CPU tensors stand in for CUDA ones: nothing launches
 joints = []
 
 
@@ -667,11 +748,11 @@ off = torch.tensor([3, 0])
 
 
 def f(q, k):
-    q, k = (q * 2).transpose(1, 2), k.transpose(1, 2)
-    yq, yk = tk.triton_rope_qk(q, k, cos, sin, offset=off)
-    yp, _ = tk.triton_apply_rope_qk(q, k, cos[:6], sin[:6], interleaved=True)
-    y1 = tk.triton_apply_rope(q[:, :1], cos[:6], sin[:6])
-    return yq.sum(1) + yk.sum(1) + y1.sum(1) + yp.sum(1)
+    yq, yk = ropekit.apply_rope_qk(q * 2, k, cos, sin, offset=off, layout="bshd", backend="triton")
+    y1 = ropekit.apply_rope(yq[:, :, :1], cos[:6, None], sin[:6, None], layout="bshd",
+                            interleaved=True, backend="triton")
+    return yq.sum(2) + yk.sum(2) + y1.sum(2)
+
 
 backend = aot_autograd(fw_compiler=lambda gm, _: gm, partition_fn=stop)
 try:
@@ -687,61 +768,44 @@ print("forward", code.count("'CONJ': False"), "backward", code.count("'CONJ': Tr
 
 @pytest.mark.skipif(CUDA, reason="test_compile_fullgraph_forward_backward runs it for real")
 def test_compile_traces_into_the_kernel() -> None:
-    """torch.compile(fullgraph=True) sees through all three entry points to the kernel:
-    Dynamo traces the Python wrappers without a break and AOTAutograd's joint graph holds
-    the kernel (triton_kernel_wrapper_functional) for the forward and backward passes.
-
-    Compiled Triton code cannot run on the CPU, so this stops at the joint graph; the GPU
-    test runs it. Runs in a process without TRITON_INTERPRET, where the kernel is a
-    regular JITFunction as on a GPU.
-    """
-    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    proc = subprocess.run(
-        [sys.executable, "-c", _TRACE], env=env, capture_output=True, text=True, timeout=300
-    )
+    """torch.compile(fullgraph=True) of apply_rope_qk/apply_rope with backend="triton":
+    Dynamo traces without a graph break, and AOTAutograd's joint graph holds the kernel
+    (triton_kernel_wrapper_functional) once per call in the forward and once per call in
+    the backward. Compiled Triton code cannot run on the CPU, so this stops at the joint
+    graph, in a process without TRITON_INTERPRET (a regular JITFunction, as on a GPU)."""
+    proc = _without_interpreter(_TRACE)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # rope_qk, apply_rope_qk (one launch for q and k), apply_rope; in the backward the
-    # pair's gradients have different strides (one is materialised zeros): two launches.
-    assert "kernels 7" in proc.stdout and "forward 3 backward 4" in proc.stdout, proc.stdout
+    assert "kernels 4" in proc.stdout and "forward 2 backward 2" in proc.stdout, proc.stdout
 
 
-# ------------------------------------------------------------------ GPU only
+# ----------------------------------------------------------------------------- GPU only
 
 
 @cuda_only
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_compile_fullgraph_forward_backward(dtype) -> None:
-    """torch.compile traces into the kernel (triton_op), forward and backward, no breaks.
-
-    The strides the kernel sees come from inside the graph (a transpose of a product);
-    compiled and eager runs must agree up to the reordering of the sums around the kernel.
-    """
+    """torch.compile traces into the kernel (triton_op), forward and backward, no breaks;
+    compiled and eager runs agree up to the reordering of the sums around the kernel."""
     q0 = rand(2, 6, 4, 64, dtype=dtype)
     k0 = rand(2, 6, 2, 64, dtype=dtype, seed=1)
-    cos, sin = tables(32, 32)
+    cos, sin = tables(range(32), freqs=ropekit.inv_freq(64, 10000.0))
     off = torch.tensor([3, 0], device=DEVICE)
 
     def f(q, k):
-        q, k = (q * 2).transpose(1, 2), k.transpose(1, 2)
-        yq, yk = tk.triton_rope_qk(q, k, cos, sin, offset=off)
-        yp, _ = tk.triton_apply_rope_qk(q, k, cos[:6], sin[:6], interleaved=True)
-        return (
-            yq.sum(1)
-            + 0.5 * yk.sum(1)
-            + tk.triton_apply_rope(q[:, :1], cos[:6], sin[:6]).sum(1)
-            + yp.sum(1)
-        )
+        yq, yk = apply_rope_qk(q * 2, k, cos, sin, offset=off, layout="bshd", backend="triton")
+        y1 = apply_rope(yq[:, :, :1], cos[:6, None], sin[:6, None], layout="bshd",
+                        interleaved=True, backend="triton")  # fmt: skip
+        return yq.sum(2) + 0.5 * yk.sum(2) + y1.sum(2)
 
     compiled = torch.compile(f, fullgraph=True)
-    outs = []
+    results = []
     for fn in (f, compiled):
         q, k = q0.clone().requires_grad_(), k0.clone().requires_grad_()
         out = fn(q, k)
         out.float().square().sum().backward()
-        outs.append((out, q.grad, k.grad))
+        results.append((out, q.grad, k.grad))
     tol = {key: 4 * v for key, v in TOL[dtype].items()}
-    for eager, comp in zip(outs[0], outs[1], strict=True):
+    for eager, comp in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(comp, eager, **tol)
 
 
@@ -754,14 +818,14 @@ def test_more_than_2_31_elements() -> None:
     s = 2**23 + 64
     q = torch.randn(1, 2, s, 128, device="cuda", dtype=torch.float16)  # 2**31 + 16384 elements
     k = torch.randn(1, 1, s, 128, device="cuda", dtype=torch.float16)
-    assert tk._needs_int64((q.shape, q.stride()))
-    cos, sin = tables(4096, 64)
+    assert plan.needs_int64((q.shape, q.stride()))
+    freqs = ropekit.inv_freq(128, 10000.0)
+    cos, sin = tables(range(4096), freqs=freqs)
     positions = torch.arange(s, device="cuda", dtype=torch.int32) % 4096
-    yq, yk = tk.triton_rope_qk(q, k, cos, sin, positions, validate=False)
+    yq, yk = apply_rope_qk(q, k, cos, sin, positions=positions, backend="triton")
     for sl in (slice(0, 64), slice(s // 2, s // 2 + 64), slice(s - 64, s)):
-        rows = (torch.arange(s)[sl] % 4096)[None]
-        eq, ek = qk_oracle(q[:, :, sl], k[:, :, sl], cos, sin, rows, False)
-        assert_close(yq[:, :, sl], eq, torch.float16)
-        assert_close(yk[:, :, sl], ek, torch.float16)
+        rows = [(torch.arange(s)[sl] % 4096).tolist()]
+        close(yq[:, :, sl], exact(q[:, :, sl], rows, "bhsd", freqs=freqs), torch.float16)
+        close(yk[:, :, sl], exact(k[:, :, sl], rows, "bhsd", freqs=freqs), torch.float16)
     del q, k, yq, yk
     torch.cuda.empty_cache()

@@ -65,19 +65,22 @@ class Rotate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, *args: Any
-    ) -> tuple[torch.Tensor, ...]:
+    def forward(*args: Any) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
         *xs, job, inplace, done = args
-        if not done:
-            outs = job.run(xs, xs if inplace else None)
+        if inplace:
+            if not done:
+                job.run(xs, xs)
+            return tuple(xs)
+        return tuple(job.run(xs, None))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        # A separate setup_context (not ctx in forward) is what torch.func.grad/vjp need.
+        *xs, job, inplace, _ = inputs
         if inplace:
             ctx.mark_dirty(*xs)
-            outs = tuple(xs)
         ctx.job = job
-        ctx.n_inputs = len(xs)
         ctx.set_materialize_grads(False)
-        return tuple(outs)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

@@ -106,12 +106,21 @@ def _loaded(choice: Backend) -> Kernel | str:
     if choice in _LOADED:
         return _LOADED[choice]
     info = REGISTRY[choice]
-    try:
-        module = importlib.import_module(info.module)
-    except ImportError as err:
-        found: Kernel | str = f"importing {info.module} failed ({err})"
+    found: Kernel | str
+    if choice is Backend.TRITON:
+        # An import statement, not importlib: the first use of this backend may be inside
+        # torch.compile, which traces an import but refuses importlib. The package only
+        # imports triton inside its load().
+        from . import triton as module
+
+        found = module.load()
     else:
-        found = module.rotate_torch if choice is Backend.TORCH else module.load()
+        try:
+            module = importlib.import_module(info.module)
+        except ImportError as err:
+            found = f"importing {info.module} failed ({err})"
+        else:
+            found = module.rotate_torch if choice is Backend.TORCH else module.load()
     _LOADED[choice] = found
     return found
 

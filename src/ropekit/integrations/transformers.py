@@ -68,7 +68,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..apply import apply_rope, apply_rope_qk, compute_dtype
+from ..apply import apply_rotary_pos_emb as hf_apply_rotary_pos_emb
+from ..apply import compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError
 from ..modules.rotary import fixed_frequencies
@@ -193,7 +194,9 @@ class ExactRotaryEmbedding(nn.Module):
 
 
 def _ropekit_apply(n_pairs: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """An ``apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)`` that calls ropekit."""
+    """An ``apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)`` that calls ropekit's
+    drop-in (:func:`ropekit.apply_rotary_pos_emb`: one kernel call for q and k), after
+    checking that the tables have the patched model's pair count."""
 
     def apply_rotary_pos_emb(
         q: torch.Tensor,
@@ -207,14 +210,7 @@ def _ropekit_apply(n_pairs: int) -> Callable[..., tuple[torch.Tensor, torch.Tens
                 f"cos.shape={tuple(cos.shape)} is not allowed: the patched model rotates "
                 f"n={n_pairs} pairs, expected Hugging Face tables [..., 2n={2 * n_pairs}]"
             )
-        # The two halves of Hugging Face's tables are equal; ropekit reads one of them.
-        c = cos[..., :n_pairs].unsqueeze(unsqueeze_dim)
-        s = sin[..., :n_pairs].unsqueeze(unsqueeze_dim)
-        if torch.compiler.is_compiling():
-            # apply_rope_qk checks q and k for aliasing through their data pointers, which
-            # torch.compile cannot trace; two apply_rope calls compute the same thing.
-            return apply_rope(q, c, s), apply_rope(k, c, s)
-        return apply_rope_qk(q, k, c, s)  # one call: less host time per layer at decode
+        return hf_apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
 
     return apply_rotary_pos_emb
 
