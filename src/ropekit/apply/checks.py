@@ -120,24 +120,31 @@ def _check_x(name: str, x: object, layout: str, indexed: bool) -> torch.Tensor:
     return x
 
 
-def _check_tables(cos: object, sin: object, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_tables(
+    cos: object, sin: object, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     cos, sin = _tensor("cos", cos), _tensor("sin", sin)
-    if cos.shape != sin.shape:
+    shape = cos.shape
+    if shape != sin.shape:
         raise RopeValueError(
-            f"cos.shape={tuple(cos.shape)} and sin.shape={tuple(sin.shape)} differ: expected equal shapes"
+            f"cos.shape={tuple(shape)} and sin.shape={tuple(sin.shape)} differ: expected equal shapes"
         )
-    if cos.dtype != sin.dtype or cos.dtype not in DTYPES:
+    dtype = cos.dtype
+    if dtype != sin.dtype or dtype not in DTYPES:
         raise RopeValueError(
-            f"cos.dtype={cos.dtype}, sin.dtype={sin.dtype}: expected one dtype for both, "
+            f"cos.dtype={dtype}, sin.dtype={sin.dtype}: expected one dtype for both, "
             f"{_DTYPE_NAMES}"
         )
-    if cos.ndim == 0 or cos.shape[-1] == 0:
+    if not shape or shape[-1] == 0:
         raise RopeValueError(
-            f"cos.shape={tuple(cos.shape)} is not allowed: expected [..., n] with n >= 1 pairs"
+            f"cos.shape={tuple(shape)} is not allowed: expected [..., n] with n >= 1 pairs"
         )
-    if cos.device != device or sin.device != device:
+    if not (cos.is_cpu and sin.is_cpu and x.is_cpu) and not (
+        cos.device == x.device and sin.device == x.device
+    ):
         raise RopeValueError(
-            f"cos is on {cos.device}, sin on {sin.device}, the inputs on {device}: expected one device"
+            f"cos is on {cos.device}, sin on {sin.device}, the inputs on {x.device}: expected "
+            "one device"
         )
     return cos, sin
 
@@ -291,52 +298,58 @@ def check_call(
     """
     if layout not in LAYOUTS:
         raise RopeValueError(f"layout={layout!r} is not allowed: expected one of {LAYOUTS}")
-    _flag("interleaved", interleaved)
-    _flag("inverse", inverse)
+    if interleaved is not True and interleaved is not False:
+        _flag("interleaved", interleaved)
+    if inverse is not True and inverse is not False:
+        _flag("inverse", inverse)
+    # Written for decode sizes, where this function costs as much as the rotation: each
+    # tensor attribute is read once, and the common case (CPU, one device) skips the
+    # device objects.
     indexed = positions is not None or offset is not None or cu_seqlens is not None
-    checked = [_check_x(name, x, layout, indexed) for x, name in zip(xs, names, strict=True)]
+    checked = tuple(_check_x(name, x, layout, indexed) for x, name in zip(xs, names, strict=True))
     x0 = checked[0]
-    device = x0.device
+    cos, sin = _check_tables(cos, sin, x0)
     for x, name in zip(checked[1:], names[1:], strict=True):
-        if x.device != device:
-            raise RopeValueError(f"{names[0]} is on {device}, {name} on {x.device}: expected one device")
-    cos, sin = _check_tables(cos, sin, device)
-    n = cos.shape[-1]
+        if x.is_cpu != x0.is_cpu or (not x.is_cpu and x.device != x0.device):
+            raise RopeValueError(
+                f"{names[0]} is on {x0.device}, {name} on {x.device}: expected one device"
+            )
+    cshape = cos.shape
+    n = cshape[-1]
     for x, name in zip(checked, names, strict=True):
         if 2 * n > x.shape[-1]:
             raise RopeValueError(
                 f"cos has n={n} pairs, which need 2n={2 * n} lanes, but {name}.shape[-1]="
                 f"{x.shape[-1]}: expected 2 * cos.shape[-1] <= {name}.shape[-1]"
             )
-    canon = tuple(_canonical(x, layout) for x in checked) if layout != "bhsd" else tuple(checked)
+    canon = checked if layout == "bhsd" else tuple(_canonical(x, layout) for x in checked)
     rows = None
     if indexed:
-        if cos.ndim != 2:
+        if len(cshape) != 2:
             raise RopeValueError(
-                f"cos.shape={tuple(cos.shape)} is not allowed with positions/offset/cu_seqlens: "
+                f"cos.shape={tuple(cshape)} is not allowed with positions/offset/cu_seqlens: "
                 "expected a [R, n] table whose row r holds position r"
             )
         c0 = canon[0]
         b, s = c0.shape[0], c0.shape[2]
-        for c, name in zip(canon[1:], names[1:], strict=True):
+        for c, x, name in zip(canon[1:], checked[1:], names[1:], strict=True):
             if c.shape[0] != b or c.shape[2] != s:
                 raise RopeValueError(
-                    f"{names[0]}.shape={tuple(x0.shape)} and {name}.shape="
-                    f"{tuple(checked[names.index(name)].shape)} do not match: expected equal "
-                    "batch and sequence (or token) dims"
+                    f"{names[0]}.shape={tuple(x0.shape)} and {name}.shape={tuple(x.shape)} do "
+                    "not match: expected equal batch and sequence (or token) dims"
                 )
         rows = Positions.check(
             s, None if layout == "thd" else b, positions=positions, offset=offset,
-            cu_seqlens=cu_seqlens, device=device,
+            cu_seqlens=cu_seqlens, device=x0.device,
         )  # fmt: skip
-        rows.check_rows(cos.shape[0], device)
+        rows.check_rows(cshape[0], x0.device)
     else:
         for x, name in zip(checked, names, strict=True):
-            _check_broadcast(name, x, cos.shape)
+            _check_broadcast(name, x, cshape)
         if layout != "bhsd":  # tables in the caller's layout, to canonical like x
             rank = x0.ndim
             if cos.ndim < rank:
-                cos = cos.reshape((1,) * (rank - cos.ndim) + tuple(cos.shape))
+                cos = cos.reshape((1,) * (rank - cos.ndim) + tuple(cshape))
                 sin = sin.reshape(cos.shape)
             cos, sin = _canonical(cos, layout), _canonical(sin, layout)
 

@@ -38,7 +38,6 @@ formula, which Inductor fuses into one kernel; an opaque call would only stop th
 from __future__ import annotations
 
 import enum
-import functools
 import importlib
 from typing import NamedTuple
 
@@ -159,10 +158,17 @@ def resolve_backend(
     return choice
 
 
-@functools.cache
+_CPU_AUTO: list[Kernel] = []  # filled once: a list read is cheaper than a cached call
+
+
 def _cpu_auto() -> Kernel:
-    """``auto``'s kernel for CPU tensors: the C kernel, or the torch one without a build."""
-    return load_kernel(resolve_backend(Backend.AUTO, torch.device("cpu")))
+    """``auto``'s kernel for CPU tensors: the C kernel, or the torch one without a build.
+
+    (Both rotate identically, so a process that has no C compiler only runs slower.)
+    """
+    if not _CPU_AUTO:
+        _CPU_AUTO.append(load_kernel(resolve_backend(Backend.AUTO, torch.device("cpu"))))
+    return _CPU_AUTO[0]
 
 
 def gather(call: Call) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +212,12 @@ def rotate(call: Call, backend: Backend | str) -> tuple[torch.Tensor, ...]:
                         "or use the out-of-place function"
                     )
     if choice is Backend.AUTO and not tables_need_grad and xs[0].is_cpu:
-        kernel, choice = _cpu_auto(), Backend.CPU  # the common case, without resolution
+        kernel, choice = _CPU_AUTO[0] if _CPU_AUTO else _cpu_auto(), Backend.CPU
+        if not needs_grad and call.rows is None:  # the hot path (decode): straight in
+            return kernel(
+                xs, xs if inplace else outs, call.cos, call.sin, None,
+                interleaved=call.interleaved, inverse=call.inverse,
+            )  # fmt: skip
     else:
         choice = resolve_backend(choice, xs[0].device, tables_need_grad=tables_need_grad)
         kernel = load_kernel(choice)

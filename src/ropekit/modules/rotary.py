@@ -189,7 +189,7 @@ class RotaryEmbedding(nn.Module):
         rank = 3 if packed else 4
         if any(x.ndim != rank for x in xs):
             want = {"bhsd": "[b, h, s, d]", "bshd": "[b, s, h, d]", "thd": "[t, h, d]"}[layout]
-            shapes = ", ".join(f"{n}.shape={tuple(x.shape)}" for n, x in zip("qk", xs))
+            shapes = ", ".join(f"{n}.shape={tuple(x.shape)}" for n, x in zip("qk", xs, strict=False))
             raise RopeValueError(
                 f"{shapes}: expected {want} for layout={layout!r} (set layout= on the module "
                 "to say how q and k are laid out; it is never guessed)"

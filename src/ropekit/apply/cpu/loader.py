@@ -184,11 +184,16 @@ def cpu_kernel_status() -> str:
     return f"{kernel.path} ({' '.join(kernel.flags)})"
 
 
+_KERNEL: list[_Kernel] = []  # the loaded kernel once found: a list read is the cheapest
+
+
 def kernel() -> _Kernel:
     """The loaded kernel; raises :class:`RopeValueError` with the reason if there is none."""
     loaded = _load()
     if isinstance(loaded, str):
         raise RopeValueError(f"backend='cpu' is not available here: {loaded}")
+    if not _KERNEL:
+        _KERNEL.append(loaded)
     return loaded
 
 
@@ -253,35 +258,49 @@ def rotate_cpu(
     and head dim run in one kernel call (one parallel region). At decode sizes the
     Python here costs as much as the kernel, hence the plain loops.
     """
-    lib = kernel()
-    dtype, d = xs[0].dtype, xs[0].shape[-1]
+    lib = _KERNEL[0] if _KERNEL else kernel()
+    x0 = xs[0]
+    dtype, d = x0.dtype, x0.shape[-1]
     code = _DTYPE_CODES.get(dtype)
-    if code is None or (dtype == torch.float16 and not lib.float16):
+    if code is None or (code == 3 and not lib.float16):
         return rotate_torch(xs, outs, cos, sin, interleaved=interleaved, inverse=inverse)
     if outs is None:
         outs = [torch.empty_like(x) for x in xs]
-    if len(xs) > _MAX_TENSORS or any(x.dtype != dtype or x.shape[-1] != d for x in xs):
+    split = len(xs) > _MAX_TENSORS
+    for x in xs:
+        split = split or x.dtype != dtype or x.shape[-1] != d
+    if split:
         for x, y in zip(xs, outs, strict=True):  # one call per tensor
             rotate_cpu((x,), (y,), cos, sin, interleaved=interleaved, inverse=inverse)
         return tuple(outs)
-    work = torch.float64 if dtype == torch.float64 else torch.float32  # compute_dtype
+    work = torch.float64 if code == 1 else torch.float32  # compute_dtype
     c = cos if cos.dtype == work else cos.to(work)
     s = sin if sin.dtype == work else sin.to(work)
-    if c.stride(-1) != 1:
+    cst, sst = c.stride(), s.stride()
+    if cst[-1] != 1:
         c = c.contiguous()
-    if s.stride(-1) != 1:
+        cst = c.stride()
+    if sst[-1] != 1:
         s = s.contiguous()
-    elements = sum(x.numel() for x in xs)
-    records: tuple[int, ...] = ()
+        sst = s.stride()
+    # Each tensor attribute read once: at decode sizes this loop is most of the call.
+    elements = 0
+    records: list[int] = []
+    table = (c.data_ptr(), s.data_ptr())
+    ctail = (*c.shape, *cst, *sst)
     for x, y in zip(xs, outs, strict=True):
-        if x.stride(-1) != 1 or y.stride(-1) != 1:
-            records = ()  # strided lanes: the copying path below
+        xst = x.stride()
+        yst = xst if y is x else y.stride()
+        if xst[-1] != 1 or yst[-1] != 1:
+            records = []  # strided lanes: the copying path below
             break
-        records += _record(x, y, c, s)
+        elements += x.numel()
+        records += (x.data_ptr(), y.data_ptr(), *table, x.ndim, c.ndim, *x.shape, *xst, *yst, *ctail)
     status = _TOO_MANY_DIMS
     if records:
         status = _run(lib, code, len(xs), records, elements, c, xs, interleaved, inverse)
     if status == _TOO_MANY_DIMS:  # rare layouts: contiguous copies, which always fit
+        elements = sum(x.numel() for x in xs)
         dense = [_dense(x, y, c, s) for x, y in zip(xs, outs, strict=True)]
         records = tuple(v for t in dense for v in _record(*t))
         status = _run(lib, code, len(xs), records, elements, c, xs, interleaved, inverse)
@@ -297,7 +316,7 @@ def _run(
     lib: _Kernel,
     code: int,
     count: int,
-    records: tuple[int, ...],
+    records: Sequence[int],
     elements: int,
     c: torch.Tensor,
     xs: Sequence[torch.Tensor],
