@@ -232,13 +232,14 @@ def apply_rotary_pos_emb(
     k: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
-    position_ids: torch.Tensor | None = None,
     unsqueeze_dim: int = 1,
     *,
     backend: Backend | str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop-in for Hugging Face's ``apply_rotary_pos_emb`` (Llama and the models that
-    copy it): ``q * cos + rotate_half(q) * sin``, likewise ``k``.
+    copy it): ``q * cos + rotate_half(q) * sin``, likewise ``k``. The signature is
+    transformers 5's, ``(q, k, cos, sin, unsqueeze_dim=1)`` (4.x had an unused
+    ``position_ids`` before ``unsqueeze_dim``: pass ``unsqueeze_dim`` by keyword).
 
     Args:
         q, k: ``[b, h, s, d]`` (``unsqueeze_dim=1``) or ``[b, s, h, d]``
@@ -247,7 +248,6 @@ def apply_rotary_pos_emb(
             the last dim hold the same ``n`` values (``cat((freqs, freqs), -1)``), so only
             the first half is read. ``2n <= d``: lanes past ``2n`` pass through
             (Hugging Face requires ``2n == d``).
-        position_ids: ignored, as in Hugging Face (kept for the signature).
         unsqueeze_dim: where the heads dim goes in the tables, 1 or 2, as in Hugging Face.
         backend: as in :func:`apply_rope` (keyword only; not in Hugging Face's signature).
 

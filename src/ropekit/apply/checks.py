@@ -347,6 +347,16 @@ def check_call(
         for x, name in zip(checked, names, strict=True):
             _check_broadcast(name, x, cshape)
         if layout != "bhsd":  # tables in the caller's layout, to canonical like x
+            if len(cshape) == 2 and cshape[0] != 1:
+                # Right-aligned, a [s, n] table would line up with the heads dim of a
+                # [b, s, h, d] / [t, h, d] tensor: never what is meant, and silently wrong
+                # when s == h.
+                want = "[s, 1, n] or [b, s, 1, n]" if layout == "bshd" else "[t, 1, n]"
+                raise RopeValueError(
+                    f"cos.shape={tuple(cshape)} is not allowed with layout={layout!r}: its "
+                    f"first dim would line up with the heads; expected {want} (or a [R, n] "
+                    "table with positions/offset/cu_seqlens)"
+                )
             rank = x0.ndim
             if cos.ndim < rank:
                 cos = cos.reshape((1,) * (rank - cos.ndim) + tuple(cshape))
