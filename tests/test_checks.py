@@ -203,3 +203,15 @@ def test_overlap_is_exact_for_slices_of_one_buffer(a, b, steps) -> None:
     ta, tb = view(clip(a)), view(clip(b))
     assert ta.stride() == tb.stride()
     assert _overlap(ta, tb) == bool(addresses(ta) & addresses(tb))
+
+
+@pytest.mark.parametrize("layout", ["bshd", "thd"])
+def test_two_dim_tables_are_refused_where_they_would_meet_the_heads(layout: str) -> None:
+    """[s, n] right-aligned against [b, s, h, d] (or [t, h, d]) lines up with h: refused
+    even when s == h, where broadcasting would silently succeed."""
+    x = torch.randn(2, 4, 4, 8) if layout == "bshd" else torch.randn(4, 4, 8)
+    cos, sin = tables(4)
+    with pytest.raises(ropekit.RopeValueError, match="would line up with the heads"):
+        ropekit.apply_rope(x, cos, sin, layout=layout)
+    ropekit.apply_rope(x, cos[:, None], sin[:, None], layout=layout)  # [s, 1, n]: fine
+    ropekit.apply_rope(x, cos[:1], sin[:1], layout=layout)  # [1, n]: one angle for all
