@@ -17,7 +17,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ropekit.integrations.transformers import patch, unpatch
+from ropekit.hf import patch, unpatch
 
 NEW_TOKENS = 64
 

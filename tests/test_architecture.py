@@ -102,9 +102,24 @@ def test_apply_layers_flow_one_way() -> None:
 def test_rotation_core_imports_inside_functions_only_lazy_backends() -> None:
     """In the rotation core (apply/, positions, modules) the only function-level import is
     the lazy registration of the Triton backend (which imports triton). (The CLI imports
-    lazily for a fast ``--help``; the config <-> HF codec pair is the HF-codec issue's.)"""
+    lazily for a fast ``--help``.)"""
     _, inner = graph()
     core = ("ropekit.apply", "ropekit.positions", "ropekit.modules")
     allowed = {("ropekit.apply.dispatch", "ropekit.apply.triton"), ("ropekit.apply.triton", "ropekit.apply.triton.ops")}
     unexpected = [(m, t) for m, t in inner if m.startswith(core) and (m, t) not in allowed]
     assert not unexpected, unexpected
+
+
+def test_config_and_hf_codec_import_one_way_at_module_level() -> None:
+    """``ropekit.hf`` (the Hugging Face codec) imports ``ropekit.config``; ``ropekit.config``
+    and the frequency math never import the codec, not even inside a function."""
+    edges, inner = graph()
+    core = ("ropekit.config", "ropekit.frequencies", "ropekit.errors")
+    for m, targets in edges.items():
+        if m.startswith(core):
+            assert not {t for t in targets if t.startswith("ropekit.hf")}, (m, targets)
+    assert "ropekit.config" in edges["ropekit.hf.config"]
+    between = [(m, t) for m, t in inner
+               if m.startswith(("ropekit.hf", *core)) and t.startswith(("ropekit.hf", *core))]
+    assert not between, between
+    assert "ropekit.integrations" not in {m.rsplit(".", 1)[0] for m in edges}

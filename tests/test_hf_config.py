@@ -1,4 +1,4 @@
-"""``RopeConfig.from_hf`` / ``to_hf`` and parity with transformers on real model configs.
+"""``ropekit.hf.from_hf`` / ``to_hf`` and parity with transformers on real model configs.
 
 The oracle is the installed ``transformers``: its ``ROPE_INIT_FUNCTIONS`` and the model
 rotary modules (``LlamaRotaryEmbedding``, ``Phi3RotaryEmbedding``, ...), fed with the
@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 from ropekit import RopeConfig, RopeValueError
 from ropekit.frequencies.scaling import Dynamic, LongRope, Ntk, Proportional, Scaling, Yarn
+from ropekit.hf import from_hf, to_hf
 
 # LongRoPE factors of microsoft/Phi-3.5-mini-instruct (config.json, 48 = 96 / 2 each).
 PHI35_LONG = [
@@ -223,7 +224,7 @@ def hf_rotary(name: str) -> torch.nn.Module:
 
 
 def ours(name: str, layer_type: str | None) -> RopeConfig:
-    return RopeConfig.from_hf(copy.deepcopy(MODEL_CONFIGS[name]), layer_type=layer_type)
+    return from_hf(copy.deepcopy(MODEL_CONFIGS[name]), layer_type=layer_type)
 
 
 def hf_rope_type(name: str, layer_type: str | None) -> str:
@@ -349,8 +350,8 @@ def parity(name: str, layer_type: str | None) -> dict[str, float]:
 def test_dict_object_and_5x_dict_agree(case: tuple[str, str | None]) -> None:
     name, layer_type = case
     from_dict = ours(name, layer_type)
-    from_object = RopeConfig.from_hf(hf_config(name), layer_type=layer_type)
-    from_5x = RopeConfig.from_hf(hf_config(name).to_dict(), layer_type=layer_type)
+    from_object = from_hf(hf_config(name), layer_type=layer_type)
+    from_5x = from_hf(hf_config(name).to_dict(), layer_type=layer_type)
     assert from_dict == from_object == from_5x
 
 
@@ -416,7 +417,7 @@ def _check_init_parity(
 ) -> None:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    config = RopeConfig.from_hf(hf)
+    config = from_hf(hf)
     inv_hf, factor_hf = ROPE_INIT_FUNCTIONS[rope_type](hf, None, seq_len)
     inv, factor = config.frequencies(seq_len)
     assert factor == factor_hf
@@ -496,16 +497,16 @@ def test_gpt_neox_partial_rotary_from_rotary_pct() -> None:
     assert (config.head_dim, config.rotary_dim, config.theta) == (128, 32, 10000.0)
     # GPTNeoXConfig's default rotary_pct is 0.25 when the key is absent.
     d = {k: v for k, v in MODEL_CONFIGS["pythia-6.9b"].items() if k != "rotary_pct"}
-    assert RopeConfig.from_hf(d).rotary_dim == 32
+    assert from_hf(d).rotary_dim == 32
 
 
 def test_partial_rotary_truncates_and_rotary_emb_base_is_theta() -> None:
     # 128 * 0.38 = 48.64: transformers rotates int(...) = 48 lanes; GPT-NeoX's base key.
     d = {**MODEL_CONFIGS["pythia-6.9b"], "rotary_pct": 0.38, "rotary_emb_base": 20000}
-    config = RopeConfig.from_hf(d)
+    config = from_hf(d)
     assert (config.rotary_dim, config.theta) == (48, 20000.0)
     hf = transformers.AutoConfig.for_model(**d)
-    assert RopeConfig.from_hf(hf) == config
+    assert from_hf(hf) == config
     inv_hf, _ = rotary_class("gpt_neox").compute_default_rope_parameters(hf)
     torch.testing.assert_close(config.inv_freq(), inv_hf.double(), rtol=1e-6, atol=0.0)
 
@@ -513,28 +514,40 @@ def test_partial_rotary_truncates_and_rotary_emb_base_is_theta() -> None:
 def test_phi3_top_level_original_context_wins() -> None:
     d = copy.deepcopy(MODEL_CONFIGS["phi-3.5-mini"])
     d["rope_scaling"]["original_max_position_embeddings"] = 8192  # transformers ignores it
-    method = RopeConfig.from_hf(d).method
+    method = from_hf(d).method
     assert isinstance(method, LongRope)
     assert method.original_max_position_embeddings == 4096
     assert method.factor == 131072 / 4096  # Phi-3 has no explicit factor
 
 
-def test_legacy_su_and_phi3_yarn_mean_longrope() -> None:
+def test_legacy_su_and_phi3_yarn_mean_longrope(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = copy.deepcopy(MODEL_CONFIGS["phi-3.5-mini"])
+    d["rope_scaling"]["type"] = "yarn"
+    assert from_hf(d) == ours("phi-3.5-mini", None)
+    # transformers 5.24's Phi3Config converts "su" but then refuses the file (it looks for
+    # original_max_position_embeddings inside rope_parameters): ropekit reports that
+    # rather than reading what transformers would not build.
+    d["rope_scaling"]["type"] = "su"
+    with pytest.raises(RopeValueError, match=r"Phi3Config.*refused it"):
+        from_hf(d)
+    # Without transformers both legacy names are read as transformers 4.x did.
+    from ropekit.hf import models
+
+    monkeypatch.setattr(models, "transformers_config_class", lambda model_type: None)
     for legacy in ("su", "yarn"):
-        d = copy.deepcopy(MODEL_CONFIGS["phi-3.5-mini"])
         d["rope_scaling"]["type"] = legacy
-        assert RopeConfig.from_hf(d) == ours("phi-3.5-mini", None)
+        assert from_hf(d) == ours("phi-3.5-mini", None)
 
 
 def test_rope_type_key_and_type_key_are_equivalent() -> None:
     d = copy.deepcopy(MODEL_CONFIGS["qwen2.5-7b-yarn"])
     d["rope_scaling"]["rope_type"] = d["rope_scaling"].pop("type")
-    assert RopeConfig.from_hf(d) == ours("qwen2.5-7b-yarn", None)
+    assert from_hf(d) == ours("qwen2.5-7b-yarn", None)
 
 
 def test_multimodal_config_reads_text_config() -> None:
     d = {"model_type": "gemma3", "text_config": MODEL_CONFIGS["gemma-3-4b"], "vision_config": {}}
-    got = RopeConfig.from_hf(d, layer_type="full_attention")
+    got = from_hf(d, layer_type="full_attention")
     assert got == ours("gemma-3-4b", "full_attention")
 
 
@@ -546,9 +559,9 @@ def test_gemma3_layer_types() -> None:
 
 def test_nested_rope_parameters_need_a_layer_type() -> None:
     with pytest.raises(RopeValueError, match="layer_type"):
-        RopeConfig.from_hf(MODEL_CONFIGS["gemma-4-text"])
+        from_hf(MODEL_CONFIGS["gemma-4-text"])
     with pytest.raises(RopeValueError, match="layer_type"):
-        RopeConfig.from_hf(MODEL_CONFIGS["gemma-4-text"], layer_type="chunked_attention")
+        from_hf(MODEL_CONFIGS["gemma-4-text"], layer_type="chunked_attention")
 
 
 def test_gemma4_global_layers_are_proportional_on_the_global_head() -> None:
@@ -564,7 +577,7 @@ def test_deepseek_reads_rope_head_dim_and_interleave() -> None:
     assert (config.head_dim, config.interleaved) == (64, True)
     assert config.method == Yarn(40.0, 4096, mscale=1.0, mscale_all_dim=1.0)
     d = {**MODEL_CONFIGS["deepseek-v3"], "rope_interleave": False}
-    assert RopeConfig.from_hf(d).interleaved is False
+    assert from_hf(d).interleaved is False
 
 
 def test_hunyuan_dynamic_with_alpha_is_static_ntk() -> None:
@@ -572,7 +585,7 @@ def test_hunyuan_dynamic_with_alpha_is_static_ntk() -> None:
     d = copy.deepcopy(MODEL_CONFIGS["hunyuan-7b-shape"])
     d["rope_scaling"]["factor"] = 2.0  # transformers would silently ignore it
     with pytest.raises(RopeValueError, match="factor"):
-        RopeConfig.from_hf(d)
+        from_hf(d)
 
 
 def test_dynamic_takes_its_threshold_from_max_position_embeddings() -> None:
@@ -580,51 +593,55 @@ def test_dynamic_takes_its_threshold_from_max_position_embeddings() -> None:
     assert method == Dynamic(factor=2.0, max_position=4096)
     d = {k: v for k, v in MODEL_CONFIGS["llama-2-7b-dynamic-x2"].items()
          if k != "max_position_embeddings"}  # fmt: skip
+    # Left out, it is LlamaConfig's default (2048), as transformers reads the file...
+    assert from_hf(d).method == Dynamic(factor=2.0, max_position=2048)
+    # ...and without a model type there is no default to take.
+    del d["model_type"]
     with pytest.raises(RopeValueError, match="max_position_embeddings"):
-        RopeConfig.from_hf(d)
+        from_hf(d)
 
 
 def test_unknown_keys_raise_unless_allowed() -> None:
     d = copy.deepcopy(MODEL_CONFIGS["llama-3.1-8b"])
     d["rope_scaling"]["llama_4_scaling_beta"] = 0.1
     with pytest.raises(RopeValueError, match="llama_4_scaling_beta"):
-        RopeConfig.from_hf(d)
-    assert RopeConfig.from_hf(d, allow_unknown=True) == ours("llama-3.1-8b", None)
+        from_hf(d)
+    assert from_hf(d, allow_unknown=True) == ours("llama-3.1-8b", None)
     d = {**MODEL_CONFIGS["llama-2-7b"], "rope_scaling": {"type": "default", "factor": 2.0}}
     with pytest.raises(RopeValueError, match="factor"):
-        RopeConfig.from_hf(d)
+        from_hf(d)
 
 
 def test_missing_keys_unknown_method_and_bad_values_raise() -> None:
     d = copy.deepcopy(MODEL_CONFIGS["llama-3.1-8b"])
     del d["rope_scaling"]["low_freq_factor"]
     with pytest.raises(RopeValueError, match="low_freq_factor"):
-        RopeConfig.from_hf(d)
+        from_hf(d)
     d = {**MODEL_CONFIGS["llama-2-7b"], "rope_scaling": {"type": "xpos", "factor": 2.0}}
     with pytest.raises(RopeValueError, match="xpos"):
-        RopeConfig.from_hf(d)
+        from_hf(d)
     d = {**MODEL_CONFIGS["llama-2-7b"], "rope_scaling": {"type": "linear", "factor": 0.5}}
     with pytest.raises(RopeValueError, match="factor"):
-        RopeConfig.from_hf(d)
+        from_hf(d)
     with pytest.raises(RopeValueError, match="head_dim"):
-        RopeConfig.from_hf({"rope_theta": 10000.0})
+        from_hf({"rope_theta": 10000.0})
     # Phi-3.5's lists on a head with a different number of pairs.
     d = {**MODEL_CONFIGS["phi-3.5-mini"], "hidden_size": 4096}
     with pytest.raises(RopeValueError, match="short_factor"):
-        RopeConfig.from_hf(d)
+        from_hf(d)
 
 
 def test_original_context_longer_than_max_position_is_rejected() -> None:
     d = copy.deepcopy(MODEL_CONFIGS["llama-3.1-8b"])
     d["max_position_embeddings"] = 4096  # original 8192 > "extended" 4096
     with pytest.raises(RopeValueError, match="original_max_position_embeddings"):
-        RopeConfig.from_hf(d)
+        from_hf(d)
 
 
 def test_from_hf_does_not_modify_its_input() -> None:
     for name, layer_type in CASES:
         d = copy.deepcopy(MODEL_CONFIGS[name])
-        RopeConfig.from_hf(d, layer_type=layer_type)
+        from_hf(d, layer_type=layer_type)
         assert d == MODEL_CONFIGS[name]
 
 
@@ -635,7 +652,7 @@ def test_from_hf_does_not_modify_its_input() -> None:
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_to_hf_round_trips(case: tuple[str, str | None], version: int) -> None:
     config = ours(*case)
-    assert RopeConfig.from_hf(config.to_hf(version=version)) == config
+    assert from_hf(to_hf(config, version=version)) == config
 
 
 @pytest.mark.parametrize("name", [name for name, layer_type in CASES if layer_type is None])
@@ -649,26 +666,26 @@ def test_to_hf_is_read_identically_by_transformers(name: str) -> None:
         for k, v in params.items()
         if k not in ("rotary_pct", "partial_rotary_factor", "original_max_position_embeddings")
     }
-    params.update(config.to_hf(version=4))
+    params.update(to_hf(config, version=4))
     hf = transformers.AutoConfig.for_model(params.pop("model_type"), **params)
-    assert RopeConfig.from_hf(hf) == config
+    assert from_hf(hf) == config
 
 
 def test_to_hf_refuses_what_transformers_cannot_express() -> None:
     fixed = RopeConfig(64, scaling=Dynamic(2.0, 4096, fixed_length=16384), max_position=4096)
     with pytest.raises(RopeValueError, match="fixed_length"):
-        fixed.to_hf()
+        to_hf(fixed)
     mismatch = RopeConfig(64, scaling=Dynamic(2.0, 4096), max_position=8192)
     with pytest.raises(RopeValueError, match="max_position"):
-        mismatch.to_hf()
+        to_hf(mismatch)
     with pytest.raises(RopeValueError, match="version"):
-        RopeConfig(64).to_hf(version=3)
+        to_hf(RopeConfig(64), version=3)
 
 
 def test_interleaved_is_written_as_rope_interleave() -> None:
     config = RopeConfig(64, interleaved=True, max_position=4096)
-    assert config.to_hf()["rope_interleave"] is True
-    assert RopeConfig.from_hf(config.to_hf()) == config
+    assert to_hf(config)["rope_interleave"] is True
+    assert from_hf(to_hf(config)) == config
 
 
 def test_object_is_read_without_transformers_import_at_ropekit_import() -> None:
@@ -681,10 +698,10 @@ def test_object_is_read_without_transformers_import_at_ropekit_import() -> None:
 
 
 def test_default_scaling_to_hf_4x_writes_null_rope_scaling() -> None:
-    hf = RopeConfig(128, theta=500000.0, max_position=8192).to_hf(version=4)
+    hf = to_hf(RopeConfig(128, theta=500000.0, max_position=8192), version=4)
     assert hf == {"head_dim": 128, "max_position_embeddings": 8192, "rope_theta": 500000.0,
                   "rope_scaling": None}  # fmt: skip
-    assert type(RopeConfig.from_hf(hf).method) is Scaling
+    assert type(from_hf(hf).method) is Scaling
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,4 +1,4 @@
-"""``ropekit.integrations.transformers``: patched Hugging Face models.
+"""``ropekit.hf.patch`` (module ``ropekit.hf.patching``): patched Hugging Face models.
 
 Oracles: the *unpatched* transformers model (its own tables and rotation), and, for long
 positions, a float64 copy of it whose rotary module is the 5-line float64 formula below.
@@ -30,11 +30,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-import ropekit.integrations.transformers as rt
+import ropekit.hf.patching as rt
 from ropekit import RopeConfig, RopeValueError
-from ropekit.integrations.transformers import (
+from ropekit.hf import (
     ExactRotaryEmbedding,
     UnsupportedModelError,
+    from_hf,
     is_patched,
     patch,
     patched,
@@ -132,6 +133,31 @@ CASES: dict[str, Case] = {
         length_dependent=True,
     ),
     "mistral": Case("MistralConfig", "MistralForCausalLM"),
+    # Ministral 3: YaRN plus Llama 4's query temperature 1 + beta ln(1 + floor(m / 8)),
+    # which transformers' attention applies after the (patched) rotation; positions of
+    # these tests reach 20, so it takes three values.
+    "ministral3": Case(
+        "Ministral3Config",
+        "Ministral3ForCausalLM",
+        (
+            ("head_dim", 16),
+            ("max_position_embeddings", 64),
+            (
+                "rope_parameters",
+                {
+                    "rope_type": "yarn",
+                    "rope_theta": 1000000.0,
+                    "factor": 8.0,
+                    "original_max_position_embeddings": 8,
+                    "beta_fast": 32.0,
+                    "beta_slow": 1.0,
+                    "mscale": 1.0,
+                    "mscale_all_dim": 1.0,
+                    "llama_4_scaling_beta": 0.1,
+                },
+            ),
+        ),
+    ),
     "qwen2": Case("Qwen2Config", "Qwen2ForCausalLM"),  # q/k/v biases
     "qwen3": Case("Qwen3Config", "Qwen3ForCausalLM", (("head_dim", 16),)),  # q/k norms
     "phi3": Case("Phi3Config", "Phi3ForCausalLM"),
@@ -187,20 +213,17 @@ def tokens(shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
 
 
 def count_rotations(monkeypatch: pytest.MonkeyPatch) -> list[torch.Size]:
-    """Record every tensor rotated by ropekit for patched attention layers."""
+    """Record every tensor rotated by ropekit for patched attention layers (q and k of
+    each call of ropekit's ``apply_rotary_pos_emb`` drop-in, which the patch calls)."""
     calls: list[torch.Size] = []
-    real, real_qk = rt.apply_rope, rt.apply_rope_qk
+    real = rt.hf_apply_rotary_pos_emb
 
-    def counting(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        calls.append(x.shape)
-        return real(x, cos, sin)
-
-    def counting_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> Any:
+    def counting(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 unsqueeze_dim: int = 1) -> Any:  # fmt: skip
         calls.extend((q.shape, k.shape))
-        return real_qk(q, k, cos, sin)
+        return real(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
 
-    monkeypatch.setattr(rt, "apply_rope", counting)
-    monkeypatch.setattr(rt, "apply_rope_qk", counting_qk)
+    monkeypatch.setattr(rt, "hf_apply_rotary_pos_emb", counting)
     return calls
 
 
@@ -222,7 +245,7 @@ def greedy(model: nn.Module, ids: torch.Tensor, new: int = 10, **kwargs: Any) ->
 
 def test_importing_does_not_import_transformers() -> None:
     code = (
-        "import sys, ropekit, ropekit.integrations.transformers\n"
+        "import sys, ropekit, ropekit.hf\n"
         "assert 'transformers' not in sys.modules, 'transformers was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -367,7 +390,7 @@ def test_tables_at_long_positions_are_exact() -> None:
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
     )
     hf = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config)
-    ours = ExactRotaryEmbedding(RopeConfig.from_hf(config))
+    ours = ExactRotaryEmbedding(from_hf(config))
     positions = torch.tensor([[100_000, 123_457, 500_001, 999_999, 1_000_000]])
     x = torch.zeros(1, dtype=torch.float32)
     want_cos, want_sin = float64_tables(positions, 128, 500000.0)
@@ -536,13 +559,13 @@ def test_supported_transformers_versions() -> None:
 def test_config_that_ropekit_reads_differently_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     model = CASES["gpt_neox"].build()
     rotary = model.gpt_neox.rotary_emb
-    real = RopeConfig.from_hf.__func__
+    real = rt.from_hf
 
-    def wrong_theta(cls: type, config: Any, **kwargs: Any) -> RopeConfig:
-        rope = real(cls, config, **kwargs)
+    def wrong_theta(config: Any, **kwargs: Any) -> RopeConfig:
+        rope = real(config, **kwargs)
         return rope.replace(theta=rope.theta * (1 + 1e-4))
 
-    monkeypatch.setattr(RopeConfig, "from_hf", classmethod(wrong_theta))
+    monkeypatch.setattr(rt, "from_hf", wrong_theta)
     with pytest.raises(UnsupportedModelError, match="does not reproduce transformers"):
         patch(model)
     assert not is_patched(model) and model.gpt_neox.rotary_emb is rotary
@@ -632,3 +655,33 @@ def test_patched_attention_rejects_foreign_tables() -> None:
     bad = torch.ones(1, 3, 8)  # 4 pairs, the model rotates 8
     with pytest.raises(RopeValueError, match="rotates n=8 pairs"):
         attn(hidden, position_embeddings=(bad, bad), attention_mask=None)
+
+
+def test_patch_overrides_a_kernel_hook_wrapper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers' hub-kernel hook (``use_kernel_forward_from_hub("rotary_pos_emb")``,
+    active only with the optional ``kernels`` package) wraps the module's
+    ``apply_rotary_pos_emb``; a patched model calls ropekit's rotation whatever wrapper
+    the global holds, and an unpatched model keeps calling the wrapper."""
+    import functools
+
+    model, plain = CASES["llama"].build(), CASES["llama"].build()
+    modeling = modeling_module(model)
+    original = modeling.apply_rotary_pos_emb
+    hook_calls: list[int] = []
+
+    @functools.wraps(original)
+    def hooked(*args: Any, **kwargs: Any) -> Any:  # what a kernel wrapper looks like
+        hook_calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(modeling, "apply_rotary_pos_emb", hooked)
+    patch(model)  # probes the (wrapped) family function once: the float64 rotation check
+    assert hook_calls == [1]
+    hook_calls.clear()
+    calls = count_rotations(monkeypatch)
+    ids = tokens((1, 6))
+    with torch.no_grad():
+        model(ids)
+        assert hook_calls == [] and len(calls) == 2 * model.config.num_hidden_layers
+        plain(ids)
+    assert len(hook_calls) == plain.config.num_hidden_layers

@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from ropekit import PRESETS, RopeConfig, RopeValueError, preset
+from ropekit import PRESETS, RopeValueError, preset
+from ropekit.hf import from_hf, to_hf
 from tests.test_hf_config import MODEL_CONFIGS, _hf_init
 
 #: preset -> (published config in MODEL_CONFIGS, layer_type, fields the preset sets itself)
@@ -54,7 +55,7 @@ def test_every_preset_has_a_published_source() -> None:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_equals_its_published_config(name: str) -> None:
     source, layer_type, own = SOURCES[name]
-    published = RopeConfig.from_hf(copy.deepcopy(MODEL_CONFIGS[source]), layer_type=layer_type)
+    published = from_hf(copy.deepcopy(MODEL_CONFIGS[source]), layer_type=layer_type)
     assert preset(name) == published.replace(**own)
 
 
@@ -73,7 +74,7 @@ def test_preset_frequencies_match_transformers(name: str) -> None:
 def test_preset_round_trips_through_hf(name: str, version: int) -> None:
     config = preset(name)
     config.method.check_config(config.head_dim, config.rotary_dim, config.max_position)
-    assert RopeConfig.from_hf(config.to_hf(version=version)) == config
+    assert from_hf(to_hf(config, version=version)) == config
 
 
 def test_required_presets_values() -> None:

@@ -1,4 +1,8 @@
-"""``RopeConfig``: everything that determines a model's rotary embedding, validated once."""
+"""``RopeConfig``: everything that determines a model's rotary embedding, validated once.
+
+Reading and writing Hugging Face configs is :mod:`ropekit.hf` (``ropekit.hf.from_hf`` /
+``ropekit.hf.to_hf``), which imports this module; this module imports nothing of it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from typing import Any
 
 import torch
 
-from .errors import RopeValueError, check_float, check_int
+from .errors import RopeValueError, check_bool, check_float, check_int, check_tensor
 from .frequencies.base import rotary_lanes
 from .frequencies.scaling import Scaling
+from .frequencies.temperature import Llama4Temperature
 from .tables.cos_sin import cos_sin
 
 __all__ = ["RopeConfig"]
@@ -30,6 +35,15 @@ class RopeConfig:
             ``None`` is plain RoPE.
         max_position: the context length the model is configured for (informational for
             plain RoPE; some scaling methods need it).
+        temperature: a position-dependent multiplier of the *queries* that some models
+            apply after RoPE (:class:`~ropekit.frequencies.Llama4Temperature`: Llama 4,
+            Mistral 4, Ministral 3); ``None`` for none. It is not part of the rotation
+            (:meth:`cos_sin`, :meth:`frequencies` and the rotation functions ignore it, as
+            transformers' rotary modules do): multiply q by :meth:`query_scale`.
+
+    Integers and reals may be numpy scalars (stored as Python ``int`` / ``float``); bools
+    and strings are refused. Validation computes the tables once: a config that builds
+    has finite inverse frequencies and a finite attention factor ``> 0``.
     """
 
     head_dim: int
@@ -38,23 +52,35 @@ class RopeConfig:
     interleaved: bool = False
     scaling: Scaling | None = None
     max_position: int | None = None
+    temperature: Llama4Temperature | None = None
 
     def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "head_dim", check_int("head_dim", self.head_dim, minimum=2))
+        if self.rotary_dim is not None:
+            set_(self, "rotary_dim", check_int("rotary_dim", self.rotary_dim, minimum=2))
         rotary_lanes(self.head_dim, self.rotary_dim)
-        object.__setattr__(self, "theta", check_float("theta", self.theta, positive=True))
-        if not isinstance(self.interleaved, bool):
-            raise RopeValueError(f"interleaved={self.interleaved!r} is not allowed: expected a bool")
+        set_(self, "theta", check_float("theta", self.theta, positive=True))
+        check_bool("interleaved", self.interleaved)
         if self.scaling is not None and not isinstance(self.scaling, Scaling):
             raise RopeValueError(
                 f"scaling={self.scaling!r} is not allowed: expected None or a ropekit Scaling "
                 "instance (see ropekit.SCALINGS)"
             )
         if self.max_position is not None:
-            check_int("max_position", self.max_position, minimum=1)
+            set_(self, "max_position", check_int("max_position", self.max_position, minimum=1))
+        if self.temperature is not None and not isinstance(self.temperature, Llama4Temperature):
+            raise RopeValueError(
+                f"temperature={self.temperature!r} is not allowed: expected None or a "
+                "ropekit.frequencies.Llama4Temperature"
+            )
         # The method's own parameters were validated when it was built; here they meet
-        # the model's shape and context (pair counts of LongRoPE lists, original context
-        # not longer than max_position, ...).
-        self.method.check_config(self.head_dim, self.rotary_dim, self.max_position)
+        # the model's shape, base and context (pair counts of LongRoPE lists, original
+        # context not longer than max_position, YaRN's theta > 1, frequencies that stay
+        # inside float64's range for this theta and head size, ...).
+        self.method.check_config(
+            self.head_dim, self.rotary_dim, self.max_position, theta=self.theta
+        )
 
     @property
     def n_pairs(self) -> int:
@@ -96,27 +122,18 @@ class RopeConfig:
         freqs, factor = self.frequencies(seq_len)
         return cos_sin(freqs, positions, attention_factor=factor, dtype=dtype)
 
+    def query_scale(self, positions: torch.Tensor) -> torch.Tensor:
+        """The query multiplier ``[*P]`` (float64) at integer ``positions`` ``[*P]``.
+
+        ``temperature.scale(positions)`` when the config has a temperature, else ones.
+        Multiply the rotated queries by it (``q * scale[..., None]`` for ``q`` ``[*P, d]``
+        broadcast over heads as the layout needs); keys are not scaled.
+        """
+        check_tensor("positions", positions)
+        if self.temperature is None:
+            return torch.ones(positions.shape, dtype=torch.float64, device=positions.device)
+        return self.temperature.scale(positions)
+
     def replace(self, **changes: Any) -> RopeConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
-
-    @classmethod
-    def from_hf(
-        cls, config: Any, *, layer_type: str | None = None, allow_unknown: bool = False
-    ) -> RopeConfig:
-        """From a ``transformers`` config object or a ``config.json`` dict (4.x or 5.x).
-
-        See :func:`ropekit.integrations.hf_config.from_hf`.
-        """
-        from .integrations.hf_config import from_hf
-
-        return from_hf(config, layer_type=layer_type, allow_unknown=allow_unknown)
-
-    def to_hf(self, *, version: int = 5) -> dict[str, Any]:
-        """The RoPE keys of a Hugging Face ``config.json`` (``from_hf`` reads them back).
-
-        See :func:`ropekit.integrations.hf_config.to_hf`.
-        """
-        from .integrations.hf_config import to_hf
-
-        return to_hf(self, version=version)

@@ -1,7 +1,7 @@
 """Named configurations of well-known model families.
 
 Values are the RoPE keys of the models' published ``config.json`` files (read the way
-transformers reads them, see :mod:`ropekit.integrations.hf_config`). ``max_position`` is
+transformers reads them, see :mod:`ropekit.hf.config`). ``max_position`` is
 the context the configuration is meant for: for the scaled presets that is the extended
 context (e.g. 131072 for Qwen2.5 + YaRN x4, whose ``config.json`` still says 32768).
 ``tests/test_presets.py`` checks every preset against the config it came from and

@@ -31,6 +31,7 @@ import torch
 from ..config import RopeConfig
 from ..errors import RopeValueError
 from ..frequencies.scaling import Scaling
+from ..hf.config import from_hf
 from ..presets import PRESETS, preset
 from ..tables.cos_sin import cos_sin
 
@@ -120,7 +121,7 @@ def _read_hf_config(args: argparse.Namespace) -> RopeConfig:
         raise RopeValueError(
             f"--hf-config={args.hf_config!r} is not allowed: expected a JSON object"
         )
-    return RopeConfig.from_hf(data, layer_type=args.layer_type, allow_unknown=args.allow_unknown)
+    return from_hf(data, layer_type=args.layer_type, allow_unknown=args.allow_unknown)
 
 
 def _config_from_args(args: argparse.Namespace) -> RopeConfig:
@@ -296,7 +297,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--allow-unknown",
         action="store_true",
-        help="with --hf-config: ignore unknown keys in the RoPE dict instead of failing",
+        help="with --hf-config: ignore the RoPE keys known not to affect RoPE",
     )
     p.add_argument("--context", type=int, help="context length L (default: the config's, else 4096)")
     p.add_argument(

@@ -2,6 +2,7 @@
 
 from .base import MAX_EXACT_POSITION, inv_freq, inv_freq_half_index, rotary_lanes
 from .scaling import (
+    MULTI_AXIS_KEYS,
     SCALINGS,
     Dynamic,
     Linear,
@@ -14,13 +15,16 @@ from .scaling import (
     register,
     scaling_from_dict,
 )
+from .temperature import Llama4Temperature
 
 __all__ = [
     "MAX_EXACT_POSITION",
+    "MULTI_AXIS_KEYS",
     "SCALINGS",
     "Dynamic",
     "Linear",
     "Llama3",
+    "Llama4Temperature",
     "LongRope",
     "Ntk",
     "Proportional",

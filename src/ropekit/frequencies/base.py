@@ -37,12 +37,13 @@ def rotary_lanes(head_dim: int, rotary_dim: int | None = None) -> int:
     """Validate ``head_dim``/``rotary_dim`` and return ``d``, the lanes RoPE's formula sees.
 
     ``d = rotary_dim`` if given (even, ``2 <= rotary_dim <= head_dim``), else ``head_dim``
-    (``>= 2``; may be odd, in which case its last lane is passed through).
+    (``>= 2``; may be odd, in which case its last lane is passed through). Returned as a
+    Python ``int`` (numpy integers are accepted).
     """
-    check_int("head_dim", head_dim, minimum=2)
+    head_dim = check_int("head_dim", head_dim, minimum=2)
     if rotary_dim is None:
         return head_dim
-    check_int("rotary_dim", rotary_dim, minimum=2)
+    rotary_dim = check_int("rotary_dim", rotary_dim, minimum=2)
     if rotary_dim % 2:
         raise RopeValueError(
             f"rotary_dim={rotary_dim} is not allowed: expected an even int (lanes are rotated in pairs)"
@@ -88,7 +89,17 @@ def inv_freq(
     exponent = torch.arange(0, d, 2, dtype=torch.float64)[: d // 2] / d
     # ``1 / theta**e`` rather than ``theta**-e``: the same rounding as Meta and HF use, so
     # ropekit's float64 values match theirs bit for bit when they are computed in float64.
-    return (1.0 / torch.pow(theta, exponent)).to(dtype)
+    out = 1.0 / torch.pow(theta, exponent)
+    # A finite theta > 0 can still leave float64's range: theta = 5e-324 underflows
+    # theta ** e to 0 (frequency inf), theta = 1e308 can push 1 / theta ** e below the
+    # smallest subnormal (frequency 0, a pair that never turns).
+    if not bool((torch.isfinite(out) & (out > 0)).all()):
+        raise RopeValueError(
+            f"theta={theta!r} is not allowed for d={d} lanes: its inverse frequencies "
+            "theta ** (-2i / d) leave float64's range (inf or 0); expected a theta whose "
+            "powers theta ** (2i / d) are finite and > 0 (e.g. 1e-300 < theta < 1e300)"
+        )
+    return out.to(dtype)
 
 
 def inv_freq_half_index(head_dim: int, theta: float = 10000.0) -> torch.Tensor:

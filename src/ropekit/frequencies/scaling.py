@@ -32,26 +32,33 @@ Precision: every table is computed in float64 from the float64 unscaled frequenc
 the scalar parts (new bases, ramp bounds, attention factors) are Python floats evaluated
 in the same order as Hugging Face does, so attention factors agree with it exactly.
 
-Each class also knows how to read and write its Hugging Face ``rope_parameters`` entries
-(:meth:`Scaling.from_hf`, :meth:`Scaling.to_hf`); :mod:`ropekit.integrations.hf_config`
-handles the rest of a model config.
+Validation: each dataclass checks its own parameters when it is built (types, ranges,
+and an attention factor that must come out finite and > 0); :meth:`Scaling.check_config`
+checks them against a model's shape, base and context, and is run by
+:class:`ropekit.RopeConfig`, so a config that validates has finite, non-negative
+frequencies and a finite attention factor > 0.
+
+The classes know nothing about Hugging Face key names: reading and writing
+``config.json`` files is the job of :mod:`ropekit.hf.config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from ..errors import RopeValueError, check_float, check_int
+from ..errors import RopeValueError, check_bool, check_float, check_int
 from .base import inv_freq as base_inv_freq
 from .base import rotary_lanes
 
 __all__ = [
+    "MULTI_AXIS_KEYS",
     "SCALINGS",
     "Dynamic",
     "Linear",
@@ -68,6 +75,17 @@ __all__ = [
 #: name -> Scaling subclass
 SCALINGS: dict[str, type[Scaling]] = {}
 
+#: Parameters of multi-axis RoPE (M-RoPE of Qwen2-VL and its descendants: one position
+#: per axis, frequency bands split between axes). ropekit rotates with one position per
+#: token, so these keys change a rotation it does not implement yet: they are refused
+#: everywhere, never ignored (not even with ``allow_unknown=True``).
+MULTI_AXIS_KEYS: frozenset[str] = frozenset(
+    {"mrope_section", "mrope_interleaved", "mrope", "rope_section", "freq_allocation"}
+)
+
+#: ``ln`` of the largest float64: a base above ``exp`` of it overflows.
+_LOG_MAX = math.log(sys.float_info.max)
+
 
 def register(cls: type[Scaling]) -> type[Scaling]:
     """Class decorator adding a :class:`Scaling` subclass to :data:`SCALINGS` under ``cls.name``."""
@@ -83,12 +101,6 @@ def register(cls: type[Scaling]) -> type[Scaling]:
 def _check_factor(name: str, value: Any) -> float:
     """A stretch factor: finite and ``>= 1`` (``< 1`` would shrink the context)."""
     return check_float(name, value, minimum=1.0)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise RopeValueError(f"{name}={value!r} is not allowed: expected a bool")
-    return value
 
 
 def _check_optional_positive(name: str, value: Any) -> float | None:
@@ -115,6 +127,25 @@ def _ntk_exponent(d: int, method: str) -> float:
     return d / (d - 2)
 
 
+def _scaled_base(theta: float, ratio: float, d: int, what: str, method: str) -> float:
+    """``theta * ratio ** (d / (d - 2))`` (NTK's new base), refusing a result beyond
+    float64 instead of raising OverflowError (``alpha=1e300`` at ``d = 4``)."""
+    exponent = _ntk_exponent(d, method)
+    if math.log(theta) + exponent * math.log(ratio) >= _LOG_MAX:
+        raise RopeValueError(
+            f"{what} is not allowed with theta={theta!r} and d={d} lanes ({method!r} "
+            f"scaling): the NTK base theta * {ratio!r} ** (d / (d - 2)) overflows float64; "
+            "expected a smaller value"
+        )
+    return theta * ratio**exponent
+
+
+def _short(method: Any) -> str:
+    """``repr(method)`` cut to a readable length (LongRoPE lists can be 64 entries long)."""
+    text = repr(method)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def _check_context(name: str, original: int, max_position: int | None, method: str) -> None:
     if max_position is not None and original > max_position:
         raise RopeValueError(
@@ -122,15 +153,6 @@ def _check_context(name: str, original: int, max_position: int | None, method: s
             f"{method!r} scaling: expected {name} <= max_position (the extended context "
             "cannot be shorter than the one the model was trained on)"
         )
-
-
-def _factor_from_contexts(params: dict[str, Any], max_position: int | None) -> dict[str, Any]:
-    """transformers' default for a missing ``factor`` (YaRN as in DeepSeek-V3, LongRoPE as
-    in Phi-3): the ratio ``max_position_embeddings / original_max_position_embeddings``."""
-    omp = params.get("original_max_position_embeddings")
-    if params.get("factor") is None and max_position is not None and omp:
-        params["factor"] = max_position / omp
-    return params
 
 
 def _build(
@@ -176,9 +198,9 @@ class Scaling:
     """
 
     name: ClassVar[str] = "default"
-    #: ``rope_type`` in Hugging Face configs (``None``: same as :attr:`name`).
-    hf_name: ClassVar[str | None] = None
     depends_on_seq_len: ClassVar[bool] = False
+    #: Whether some pairs may get frequency 0 on purpose (they then never turn).
+    zero_frequencies: ClassVar[bool] = False
 
     def frequencies(
         self, head_dim: int, theta: float, rotary_dim: int | None, seq_len: int | None
@@ -196,50 +218,47 @@ class Scaling:
         ``θ_i`` (``r = 0``) with ``θ_i / factor`` (``r = 1``); ``None`` for the others."""
         return None
 
-    def check_config(self, head_dim: int, rotary_dim: int | None, max_position: int | None) -> None:
-        """Validate the parameters against a model's shape and context (raises RopeValueError).
+    def check_config(
+        self,
+        head_dim: int,
+        rotary_dim: int | None,
+        max_position: int | None,
+        *,
+        theta: float = 10000.0,
+    ) -> None:
+        """Validate the parameters against a model's shape, base and context.
 
-        :meth:`frequencies` checks the shape-dependent parts again on every call; this
-        also checks ``original_max_position_embeddings <= max_position``.
+        Computes the tables (for length-dependent methods also the longest set: the one
+        past ``max_position``) and requires finite inverse frequencies ``>= 0`` (``> 0``
+        unless the method passes pairs through on purpose) and a finite attention
+        factor ``> 0``. :meth:`frequencies` checks the shape-dependent parts again on
+        every call; subclasses add checks of the context (``original_max_position_embeddings
+        <= max_position``).
+
+        Raises:
+            RopeValueError: naming the parameter and the reason.
         """
-        self.frequencies(head_dim, 1e4, rotary_dim, None)
+        lengths: list[int | None] = [None]
+        if self.depends_on_seq_len and max_position is not None:
+            lengths.append(2 * max_position)
+        for seq_len in lengths:
+            inv, factor = self.frequencies(head_dim, theta, rotary_dim, seq_len)
+            low_ok = bool((inv >= 0).all()) if self.zero_frequencies else bool((inv > 0).all())
+            if not (bool(torch.isfinite(inv).all()) and low_ok):
+                raise RopeValueError(
+                    f"{_short(self)} is not allowed with head_dim={head_dim}, rotary_dim="
+                    f"{rotary_dim}, theta={theta!r}: its inverse frequencies leave float64's "
+                    "range (inf, NaN, 0 or negative); expected finite frequencies > 0"
+                )
+            if not (math.isfinite(factor) and factor > 0):
+                raise RopeValueError(
+                    f"{_short(self)} is not allowed: its attention factor is {factor!r}, "
+                    "expected a finite number > 0"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """``{"rope_type": name, **parameters}`` (ropekit field names; see :func:`scaling_from_dict`)."""
         return {"rope_type": self.name, **dataclasses.asdict(self)}
-
-    # ---- Hugging Face ``rope_parameters`` entries
-
-    @classmethod
-    def from_hf(
-        cls,
-        params: Mapping[str, Any],
-        *,
-        max_position: int | None = None,
-        allow_unknown: bool = False,
-    ) -> Scaling:
-        """Build from the method's entries of a Hugging Face ``rope_parameters`` dict.
-
-        ``params`` excludes ``rope_type``, ``rope_theta`` and ``partial_rotary_factor``
-        (model-level keys, handled by :func:`ropekit.integrations.hf_config.from_hf`);
-        ``max_position`` is the config's ``max_position_embeddings``, which some methods
-        read (dynamic NTK, and YaRN/LongRoPE when ``factor`` is missing).
-        """
-        fields = cls._fields_from_hf(dict(params), max_position)
-        return _build(cls, fields, allow_unknown=allow_unknown, source="rope_parameters")
-
-    @classmethod
-    def _fields_from_hf(cls, params: dict[str, Any], max_position: int | None) -> dict[str, Any]:
-        """Map Hugging Face keys to dataclass fields (identity unless overridden)."""
-        return params
-
-    def to_hf(self) -> dict[str, Any]:
-        """The method's Hugging Face ``rope_parameters`` entries, ``rope_type`` included."""
-        out: dict[str, Any] = {"rope_type": self.hf_name or self.name}
-        for key, value in dataclasses.asdict(self).items():
-            if value is not None:
-                out[key] = list(value) if isinstance(value, tuple) else value
-        return out
 
 
 register(Scaling)
@@ -256,8 +275,15 @@ class _FromOriginalContext(Scaling):
     ``max_position`` (the extended context) must not be shorter than it.
     """
 
-    def check_config(self, head_dim: int, rotary_dim: int | None, max_position: int | None) -> None:
-        super().check_config(head_dim, rotary_dim, max_position)
+    def check_config(
+        self,
+        head_dim: int,
+        rotary_dim: int | None,
+        max_position: int | None,
+        *,
+        theta: float = 10000.0,
+    ) -> None:
+        super().check_config(head_dim, rotary_dim, max_position, theta=theta)
         _check_context(
             "original_max_position_embeddings",
             self.original_max_position_embeddings,  # type: ignore[attr-defined]
@@ -299,12 +325,10 @@ class Ntk(Scaling):
 
     The exponent makes the lowest pair (``i = n - 1``) slow down by exactly ``alpha``
     while the highest (``i = 0``) is unchanged, so short-range resolution is kept.
-    Hugging Face writes it as ``{"rope_type": "dynamic", "alpha": ...}`` (HunYuan), even
-    though nothing in it depends on the length.
+    (Hugging Face configs write it as ``rope_type: dynamic`` with an ``alpha``, HunYuan.)
     """
 
     name: ClassVar[str] = "ntk"
-    hf_name: ClassVar[str | None] = "dynamic"
     alpha: float
 
     def __post_init__(self) -> None:
@@ -314,24 +338,9 @@ class Ntk(Scaling):
         self, head_dim: int, theta: float, rotary_dim: int | None, seq_len: int | None
     ) -> tuple[torch.Tensor, float]:
         d = rotary_lanes(head_dim, rotary_dim)
-        base = theta * self.alpha ** _ntk_exponent(d, self.name)
+        theta = check_float("theta", theta, positive=True)
+        base = _scaled_base(theta, self.alpha, d, f"alpha={self.alpha!r}", self.name)
         return base_inv_freq(head_dim, base, rotary_dim=rotary_dim), 1.0
-
-    @classmethod
-    def _fields_from_hf(cls, params: dict[str, Any], max_position: int | None) -> dict[str, Any]:
-        # HunYuan configs carry ``factor: 1.0`` next to ``alpha``; transformers ignores any
-        # factor there, so accept only the value that means "no effect".
-        factor = params.pop("factor", None)
-        if factor is not None and factor != 1:
-            raise RopeValueError(
-                f"factor={factor!r} is not allowed next to alpha: expected 1.0 or no factor "
-                "(static NTK scaling is set by alpha alone; transformers ignores factor here)"
-            )
-        return params
-
-    def to_hf(self) -> dict[str, Any]:
-        # transformers requires a factor for rope_type "dynamic"; 1.0 is the inert value.
-        return {"rope_type": "dynamic", "alpha": self.alpha, "factor": 1.0}
 
 
 @register
@@ -366,9 +375,13 @@ class Dynamic(Scaling):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "factor", _check_factor("factor", self.factor))
-        check_int("max_position", self.max_position, minimum=1)
+        object.__setattr__(
+            self, "max_position", check_int("max_position", self.max_position, minimum=1)
+        )
         if self.fixed_length is not None:
-            check_int("fixed_length", self.fixed_length, minimum=1)
+            object.__setattr__(
+                self, "fixed_length", check_int("fixed_length", self.fixed_length, minimum=1)
+            )
 
     @property
     def depends_on_seq_len(self) -> bool:  # type: ignore[override]
@@ -381,35 +394,15 @@ class Dynamic(Scaling):
             # Exactly theta: ``factor * L / L`` can be off by an ulp for a non-dyadic factor.
             return theta
         ratio = self.factor * length / self.max_position - (self.factor - 1)
-        return theta * ratio ** _ntk_exponent(d, self.name)
+        return _scaled_base(theta, ratio, d, f"seq_len={length}", self.name)
 
     def frequencies(
         self, head_dim: int, theta: float, rotary_dim: int | None, seq_len: int | None
     ) -> tuple[torch.Tensor, float]:
         d = rotary_lanes(head_dim, rotary_dim)
         _ntk_exponent(d, self.name)
+        theta = check_float("theta", theta, positive=True)
         return base_inv_freq(head_dim, self.base(theta, d, seq_len), rotary_dim=rotary_dim), 1.0
-
-    @classmethod
-    def _fields_from_hf(cls, params: dict[str, Any], max_position: int | None) -> dict[str, Any]:
-        # transformers reads the threshold from the model's max_position_embeddings.
-        if "max_position" not in params:
-            if max_position is None:
-                raise RopeValueError(
-                    "missing required key 'max_position_embeddings' for rope_type='dynamic' "
-                    "(the length up to which dynamic NTK is plain RoPE)"
-                )
-            params["max_position"] = max_position
-        return params
-
-    def to_hf(self) -> dict[str, Any]:
-        if self.fixed_length is not None:
-            raise RopeValueError(
-                f"fixed_length={self.fixed_length} has no Hugging Face equivalent: expected "
-                "fixed_length=None to export dynamic NTK scaling"
-            )
-        # max_position is written as the config's max_position_embeddings by to_hf().
-        return {"rope_type": self.name, "factor": self.factor}
 
 
 @register
@@ -430,7 +423,11 @@ class Yarn(_FromOriginalContext):
     ``attention_factor`` multiplies cos and sin (so the logits by its square); unset, it is
     ``0.1 ln(factor) + 1``, or ``m(factor, mscale) / m(factor, mscale_all_dim)`` with
     ``m(s, k) = 0.1 k ln s + 1`` when both ``mscale`` and ``mscale_all_dim`` are set and
-    non-zero (DeepSeek).
+    non-zero (DeepSeek). It is computed when the method is built and must be finite and
+    ``> 0``: ``mscale_all_dim = -10 / ln(factor)`` (a zero denominator) and
+    ``mscale=-100`` (a negative factor) are refused there, not at the first forward.
+
+    ``theta`` must be ``> 1`` with YaRN: the ramp bounds divide by ``ln theta``.
     """
 
     name: ClassVar[str] = "yarn"
@@ -446,8 +443,14 @@ class Yarn(_FromOriginalContext):
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "factor", _check_factor("factor", self.factor))
-        check_int(
-            "original_max_position_embeddings", self.original_max_position_embeddings, minimum=1
+        set_(
+            self,
+            "original_max_position_embeddings",
+            check_int(
+                "original_max_position_embeddings",
+                self.original_max_position_embeddings,
+                minimum=1,
+            ),
         )
         set_(self, "beta_fast", check_float("beta_fast", self.beta_fast, positive=True))
         set_(self, "beta_slow", check_float("beta_slow", self.beta_slow, positive=True))
@@ -467,23 +470,49 @@ class Yarn(_FromOriginalContext):
             "attention_factor",
             _check_optional_positive("attention_factor", self.attention_factor),
         )
-        _check_bool("truncate", self.truncate)
+        check_bool("truncate", self.truncate)
+        # The default attention factor is a ratio of two mscale terms: refuse here what
+        # would otherwise fail (or flip the sign of every logit) only at the first forward.
+        if self.mscale and self.mscale_all_dim and self.attention_factor is None:
+            den = self._m(self.factor, self.mscale_all_dim)
+            if den == 0:
+                raise RopeValueError(
+                    f"mscale_all_dim={self.mscale_all_dim!r} is not allowed with "
+                    f"factor={self.factor!r}: the attention factor's denominator "
+                    "0.1 * mscale_all_dim * ln(factor) + 1 is 0; expected another value"
+                )
+        factor = self.resolved_attention_factor()
+        if not (math.isfinite(factor) and factor > 0):
+            raise RopeValueError(
+                f"mscale={self.mscale!r}, mscale_all_dim={self.mscale_all_dim!r} are not "
+                f"allowed with factor={self.factor!r}: they give the attention factor "
+                f"{factor!r}, expected a finite number > 0 (it multiplies cos and sin)"
+            )
+
+    @staticmethod
+    def _m(scale: float, k: float = 1.0) -> float:
+        """YaRN's ``mscale`` term ``0.1 k ln(scale) + 1`` (1 for ``scale <= 1``)."""
+        return 1.0 if scale <= 1 else 0.1 * k * math.log(scale) + 1.0
 
     def resolved_attention_factor(self) -> float:
         """The cos/sin multiplier: ``attention_factor`` if set, else YaRN's default."""
         if self.attention_factor is not None:
             return self.attention_factor
-
-        def m(scale: float, k: float = 1.0) -> float:
-            return 1.0 if scale <= 1 else 0.1 * k * math.log(scale) + 1.0
-
         # ``if mscale and mscale_all_dim``: a zero counts as unset, as in transformers.
         if self.mscale and self.mscale_all_dim:
-            return float(m(self.factor, self.mscale) / m(self.factor, self.mscale_all_dim))
-        return m(self.factor)
+            return float(
+                self._m(self.factor, self.mscale) / self._m(self.factor, self.mscale_all_dim)
+            )
+        return self._m(self.factor)
 
     def correction_range(self, d: int, theta: float) -> tuple[float, float]:
         """``(low, high)`` pair indices where the ramp starts and ends."""
+        theta = check_float("theta", theta, positive=True)
+        if theta <= 1:
+            raise RopeValueError(
+                f"theta={theta!r} is not allowed with {self.name!r} scaling: expected theta > 1 "
+                "(the ramp bounds d ln(L0 / (2 pi beta)) / (2 ln theta) divide by ln theta)"
+            )
 
         def index(turns: float) -> float:
             return (d * math.log(self.original_max_position_embeddings / (turns * 2 * math.pi))) / (
@@ -509,10 +538,6 @@ class Yarn(_FromOriginalContext):
         inv = base_inv_freq(head_dim, theta, rotary_dim=rotary_dim)
         r = self.ramp(head_dim, theta, rotary_dim)
         return inv / self.factor * r + inv * (1 - r), self.resolved_attention_factor()
-
-    @classmethod
-    def _fields_from_hf(cls, params: dict[str, Any], max_position: int | None) -> dict[str, Any]:
-        return _factor_from_contexts(params, max_position)
 
 
 @register
@@ -548,8 +573,14 @@ class Llama3(_FromOriginalContext):
             )
         object.__setattr__(self, "low_freq_factor", low)
         object.__setattr__(self, "high_freq_factor", high)
-        check_int(
-            "original_max_position_embeddings", self.original_max_position_embeddings, minimum=1
+        object.__setattr__(
+            self,
+            "original_max_position_embeddings",
+            check_int(
+                "original_max_position_embeddings",
+                self.original_max_position_embeddings,
+                minimum=1,
+            ),
         )
 
     def _bands(
@@ -616,8 +647,14 @@ class LongRope(_FromOriginalContext):
         set_(self, "short_factor", _check_factor_list("short_factor", self.short_factor))
         set_(self, "long_factor", _check_factor_list("long_factor", self.long_factor))
         # >= 2: the default attention factor divides by ln(original_max_position_embeddings).
-        check_int(
-            "original_max_position_embeddings", self.original_max_position_embeddings, minimum=2
+        set_(
+            self,
+            "original_max_position_embeddings",
+            check_int(
+                "original_max_position_embeddings",
+                self.original_max_position_embeddings,
+                minimum=2,
+            ),
         )
         set_(self, "factor", _check_factor("factor", self.factor))
         set_(
@@ -655,10 +692,6 @@ class LongRope(_FromOriginalContext):
         ext = torch.tensor(self.factors(seq_len), dtype=torch.float64)
         return inv / ext, self.resolved_attention_factor()
 
-    @classmethod
-    def _fields_from_hf(cls, params: dict[str, Any], max_position: int | None) -> dict[str, Any]:
-        return _factor_from_contexts(params, max_position)
-
 
 @register
 @dataclass(frozen=True)
@@ -673,6 +706,7 @@ class Proportional(Scaling):
     """
 
     name: ClassVar[str] = "proportional"
+    zero_frequencies: ClassVar[bool] = True
     partial_rotary_factor: float = 1.0
     factor: float = 1.0
 
@@ -702,13 +736,35 @@ def scaling_from_dict(params: Mapping[str, Any], *, allow_unknown: bool = False)
     """Build a registered method from ``{"rope_type": name, **parameters}`` (ropekit names).
 
     The inverse of :meth:`Scaling.to_dict`. Unknown parameters raise
-    :class:`~ropekit.RopeValueError` unless ``allow_unknown`` (then they are ignored);
+    :class:`~ropekit.RopeValueError` unless ``allow_unknown`` (then they are ignored),
+    except the keys of multi-axis RoPE (:data:`MULTI_AXIS_KEYS`), which are always refused;
     ``"type"`` is accepted for ``"rope_type"``. For Hugging Face dicts, whose key names
-    differ for some methods, use :meth:`Scaling.from_hf` or ``RopeConfig.from_hf``.
+    differ for some methods, use :func:`ropekit.hf.from_hf`.
     """
+    if not isinstance(params, Mapping):
+        raise RopeValueError(f"params={params!r} is not allowed: expected a dict")
+    if not isinstance(allow_unknown, bool):
+        raise RopeValueError(f"allow_unknown={allow_unknown!r} is not allowed: expected a bool")
     params = dict(params)
-    name = params.pop("rope_type", None) or params.pop("type", None)
-    params.pop("type", None)
+    names = [params.pop(k) for k in ("rope_type", "type") if k in params]
+    for name in names:
+        if not isinstance(name, str):
+            raise RopeValueError(
+                f"rope_type={name!r} is not allowed: expected a string, one of {sorted(SCALINGS)}"
+            )
+    if len(set(names)) > 1:
+        raise RopeValueError(
+            f"rope_type={names[0]!r} and type={names[1]!r} are not allowed together: "
+            "expected one name (type is the older spelling of rope_type)"
+        )
+    name = names[0] if names else None
+    multi_axis = sorted(MULTI_AXIS_KEYS & set(params))
+    if multi_axis:
+        raise RopeValueError(
+            f"{multi_axis} is not supported yet: multi-axis RoPE (M-RoPE) is not "
+            "implemented by ropekit, and these keys change the rotation, so they are "
+            "never ignored"
+        )
     if name not in SCALINGS:
         raise RopeValueError(
             f"rope_type={name!r} is not allowed: expected one of {sorted(SCALINGS)}"

@@ -14,17 +14,20 @@ with ``q`` ``[b, h, s, d]``::
     q' = q * cos + rotate_half(q) * sin,     rotate_half([x1, x2]) = [-x2, x1]
 
 which is ropekit's half-split pairing of lanes ``(i, i + n)``; lanes past ``2n`` (partial
-rotary: GPT-NeoX, Phi) pass through unrotated.
+rotary: GPT-NeoX, Phi) pass through unrotated. Models with Llama 4's query temperature
+(Ministral 3) then multiply the rotated queries by it in the same forward; the patch
+keeps that code, so they keep their temperature.
 
 What :func:`patch` changes, and why this way
 ---------------------------------------------
-1. **Tables.** Each rotary module is replaced by an :class:`ExactRotaryEmbedding` built
-   from ``RopeConfig.from_hf(model.config)``: angles ``m * inv_freq`` formed in float64
-   and rounded once, instead of Hugging Face's float32 angle (its spacing at ``m = 1e6``
-   is 0.0625 rad) and its ``inv_freq`` buffer (which ``model.to(torch.bfloat16)`` rounds to
-   8 significant bits). The tables keep Hugging Face's ``[b, s, 2n]`` format, so anything
-   else reading them still works, but are float32 for half-precision models (float64 for
-   float64 ones): the rotation runs in that dtype and rounds once.
+1. **Tables.** Each rotary module is replaced by an :class:`~ropekit.hf.ExactRotaryEmbedding`
+   built from ``ropekit.hf.from_hf(model.config)``: angles ``m * inv_freq`` formed in
+   float64 and rounded once, instead of Hugging Face's float32 angle (its spacing at
+   ``m = 1e6`` is 0.0625 rad) and its ``inv_freq`` buffer (which
+   ``model.to(torch.bfloat16)`` rounds to 8 significant bits). The tables keep Hugging
+   Face's ``[b, s, 2n]`` format, so anything else reading them still works, but are
+   float32 for half-precision models (float64 for float64 ones): the rotation runs in
+   that dtype and rounds once.
 2. **Rotation, per model.** ``apply_rotary_pos_emb`` is a module global, so swapping it
    would change every model of that family in the process, and scoping such a swap needs
    state (a context variable) that ``torch.compile`` cannot trace. Instead each attention
@@ -40,11 +43,35 @@ What :func:`patch` changes, and why this way
 3. **Checked first, then applied.** :func:`patch` checks the ``transformers`` version,
    the model type (:data:`SUPPORTED_MODEL_TYPES`, each covered by
    ``tests/test_hf_patch.py``), that the attention ``forward`` really calls the global and
-   can be re-bound, that ``RopeConfig.from_hf`` reproduces transformers' own frequencies
+   can be re-bound, that ``ropekit.hf.from_hf`` reproduces transformers' own frequencies
    and attention factor (relative difference <= 1e-5 against its float32 initialisers,
    also for the long-context table set of LongRoPE/dynamic NTK), and that the family's
    ``apply_rotary_pos_emb`` computes the rotation ropekit implements (a float64 probe).
    Any failure raises :class:`UnsupportedModelError` and leaves the model untouched.
+
+Why not transformers' own kernel hooks
+--------------------------------------
+transformers 5.x marks ``apply_rotary_pos_emb`` with
+``@use_kernel_forward_from_hub("rotary_pos_emb")`` and attention classes with
+``@use_kernelized_func(apply_rotary_pos_emb)`` (122 of the 204 modeling files that define
+the function, in 5.24.0; not GPT-NeoX, Phi-3 or StableLM), so that ``kernelize(model)``
+(or ``from_pretrained(..., use_kernels=True)``) can exchange the function for a kernel.
+They do not serve this patch better, so it does not use them:
+
+* they do nothing unless the optional ``kernels`` package is installed (without it the
+  decorators are the identity and ``kernelize`` raises ``ImportError``), and a third of
+  the supported families are not decorated at all;
+* ``kernelize`` loads replacements from a kernel *repository* (a Hub repo or a local
+  directory built in the ``kernels`` layout) chosen through a process-global mapping
+  keyed by the layer name: ``"rotary_pos_emb"`` is one name for every family, so a
+  mapping would swap the rotation of every kernelized model in the process, where the
+  patch is per model, reversible and leaves other models alone;
+* it swaps the rotation only: the exact tables (the main point of the patch) are a
+  module replacement either way, and the checks above (frequencies, the float64 rotation
+  probe, the pair count of every call) would still be needed.
+
+A patched model calls ropekit's rotation even if it was kernelized before (its copied
+globals bind ``apply_rotary_pos_emb`` to ropekit, whatever wrapper the hooks installed).
 
 Other choices: patching a patched model, or unpatching an unpatched one, raises
 :class:`~ropekit.RopeValueError` (a silent no-op would hide a wrong belief about the
@@ -69,16 +96,14 @@ import torch
 from torch import nn
 
 from ..apply import apply_rotary_pos_emb as hf_apply_rotary_pos_emb
-from ..apply import compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError
-from ..modules.rotary import fixed_frequencies
-from ..tables import cos_sin
+from .config import from_hf
+from .tables import ExactRotaryEmbedding
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "TRANSFORMERS_VERSIONS",
-    "ExactRotaryEmbedding",
     "UnsupportedModelError",
     "check_transformers_version",
     "is_patched",
@@ -94,6 +119,7 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     "gpt_neox",
     "granite",
     "llama",
+    "ministral3",
     "mistral",
     "olmo2",
     "phi",
@@ -119,74 +145,6 @@ _FREQ_RTOL = 1e-5
 
 class UnsupportedModelError(RopeValueError):
     """The model, its configuration or the installed ``transformers`` cannot be patched."""
-
-
-# ---------------------------------------------------------------------------------------
-# Tables.
-
-
-class ExactRotaryEmbedding(nn.Module):
-    """Drop-in replacement for a Hugging Face ``<Family>RotaryEmbedding`` module.
-
-    ``forward(x, position_ids)`` returns ``(cos, sin)``, each ``[b, s, 2n]`` for
-    ``position_ids`` ``[b, s]``, with both halves equal to::
-
-        cos[..., i] = attention_factor * cos(m * inv_freq[i])      (likewise sin)
-
-    from float64 angles, rounded once to ``compute_dtype(x.dtype)`` (float32 for float16,
-    bfloat16 and float32 ``x``; float64 for float64). It holds no buffers (its float64
-    frequencies are a plain attribute), so ``model.to(dtype)`` cannot degrade it, and
-    the result depends only on the arguments.
-
-    Args:
-        config: the model's rotary embedding (``RopeConfig.from_hf(model.config)``);
-            half-split (``interleaved=False``) as Hugging Face's ``rotate_half`` is.
-
-    Example:
-        >>> rope = ExactRotaryEmbedding(RopeConfig(head_dim=8))
-        >>> cos, sin = rope(torch.zeros(1, 3, 32), torch.arange(3)[None])
-        >>> cos.shape, bool((cos[..., :4] == cos[..., 4:]).all())
-        (torch.Size([1, 3, 8]), True)
-    """
-
-    def __init__(self, config: RopeConfig) -> None:
-        super().__init__()
-        if not isinstance(config, RopeConfig):
-            raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
-        if config.interleaved:
-            raise RopeValueError(
-                "config.interleaved=True is not allowed: Hugging Face's rotate_half pairs lanes "
-                "(i, i + n), expected interleaved=False"
-            )
-        self._config = config
-        self._frequencies = fixed_frequencies(config)
-
-    @property
-    def config(self) -> RopeConfig:
-        """The :class:`~ropekit.RopeConfig` (read-only, as in :class:`ropekit.RotaryEmbedding`)."""
-        return self._config
-
-    def extra_repr(self) -> str:
-        return repr(self.config)
-
-    def forward(
-        self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables for ``position_ids`` ``[b, s]``; ``x`` only sets the dtype."""
-        if layer_type is not None:
-            raise RopeValueError(
-                f"layer_type={layer_type!r} is not allowed: per-layer RoPE parameters are not "
-                "supported, expected None"
-            )
-        if self._frequencies is None:
-            # As Hugging Face: the longest position of the call picks the table set.
-            inv_freq, factor = self.config.frequencies(int(position_ids.max()) + 1)
-        else:
-            inv_freq, factor = self._frequencies
-        cos, sin = cos_sin(
-            inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype)
-        )
-        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,12 +308,12 @@ def _rope_config(hf_config: Any) -> RopeConfig:
             "'rope_theta' (per-layer-type RoPE is not supported)"
         )
     try:
-        rope = RopeConfig.from_hf(hf_config)
+        rope = from_hf(hf_config)
     except RopeValueError as e:
         raise UnsupportedModelError(f"cannot express this model's RoPE with ropekit: {e}") from e
     if rope.interleaved:
         raise UnsupportedModelError(
-            "RopeConfig.from_hf gave interleaved=True: expected half-split pairs, as "
+            "ropekit.hf.from_hf gave interleaved=True: expected half-split pairs, as "
             "rotate_half uses"
         )
     return rope
@@ -384,14 +342,14 @@ def _check_frequencies(rope: RopeConfig, hf_config: Any, rotary_cls: type) -> No
         ours, factor = rope.frequencies(seq_len)
         if ours.shape != hf_freq.shape:
             raise UnsupportedModelError(
-                f"RopeConfig.from_hf gives {ours.numel()} frequencies, transformers "
+                f"ropekit.hf.from_hf gives {ours.numel()} frequencies, transformers "
                 f"{hf_freq.numel()} (seq_len={seq_len}): expected equal counts"
             )
         rel = float(((ours - hf_freq).abs() / hf_freq.abs()).max())
         rel_factor = abs(factor - float(hf_factor)) / abs(float(hf_factor))
         if not (rel <= _FREQ_RTOL and rel_factor <= _FREQ_RTOL):
             raise UnsupportedModelError(
-                f"RopeConfig.from_hf does not reproduce transformers' {rope_type!r} RoPE "
+                f"ropekit.hf.from_hf does not reproduce transformers' {rope_type!r} RoPE "
                 f"(seq_len={seq_len}): relative difference {rel:.3g} in inv_freq and "
                 f"{rel_factor:.3g} in the attention factor, expected <= {_FREQ_RTOL}"
             )
@@ -525,7 +483,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     if not isinstance(record, _Patch):
         raise RopeValueError(
             f"{type(model).__name__} is not patched by ropekit: expected a model returned by "
-            "ropekit.integrations.transformers.patch"
+            "ropekit.hf.patch"
         )
     for parent, name, original in reversed(record.rotary):
         setattr(parent, name, original)

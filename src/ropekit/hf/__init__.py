@@ -1,0 +1,42 @@
+"""The Hugging Face codec: every Hugging Face key, in one package.
+
+* :mod:`ropekit.hf.config`: :func:`from_hf` / :func:`to_hf`, reading and writing the RoPE
+  part of ``config.json`` files and ``transformers`` config objects (4.x ``rope_scaling``
+  and 5.x ``rope_parameters``, nested per layer type);
+* :mod:`ropekit.hf.models`: per-model-type knowledge (defaults without transformers,
+  multi-axis models, the Llama 4 temperature, interleaved pairs);
+* :mod:`ropekit.hf.tables`: :class:`ExactRotaryEmbedding`, the Hugging Face-format
+  cos/sin tables module;
+* :mod:`ropekit.hf.patching`: :func:`patch` / :func:`unpatch`, the per-model patch (the
+  module is not called ``patch``, so that ``ropekit.hf.patch`` is the function).
+
+The package imports :mod:`ropekit.config`, never the reverse. Importing it does not
+import ``transformers`` (that happens when a function needs it).
+"""
+
+from .config import from_hf, to_hf
+from .patching import (
+    SUPPORTED_MODEL_TYPES,
+    TRANSFORMERS_VERSIONS,
+    UnsupportedModelError,
+    check_transformers_version,
+    is_patched,
+    patch,
+    patched,
+    unpatch,
+)
+from .tables import ExactRotaryEmbedding
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "TRANSFORMERS_VERSIONS",
+    "ExactRotaryEmbedding",
+    "UnsupportedModelError",
+    "check_transformers_version",
+    "from_hf",
+    "is_patched",
+    "patch",
+    "patched",
+    "to_hf",
+    "unpatch",
+]

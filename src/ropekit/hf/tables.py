@@ -1,0 +1,86 @@
+"""``ExactRotaryEmbedding``: Hugging Face-format cos/sin tables computed exactly.
+
+Notation: ``b`` batch, ``s`` sequence length, ``n`` rotated pairs.
+
+Hugging Face's ``<Family>RotaryEmbedding`` modules return ``cos, sin`` ``[b, s, 2n]`` (both
+halves equal) for ``position_ids`` ``[b, s]``; :class:`ExactRotaryEmbedding` returns the
+same format from float64 angles rounded once, so it can stand in for them
+(:func:`ropekit.hf.patch` installs it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..apply import compute_dtype
+from ..config import RopeConfig
+from ..errors import RopeValueError
+from ..modules.rotary import fixed_frequencies
+from ..tables import cos_sin
+
+__all__ = ["ExactRotaryEmbedding"]
+
+
+class ExactRotaryEmbedding(nn.Module):
+    """Drop-in replacement for a Hugging Face ``<Family>RotaryEmbedding`` module.
+
+    ``forward(x, position_ids)`` returns ``(cos, sin)``, each ``[b, s, 2n]`` for
+    ``position_ids`` ``[b, s]``, with both halves equal to::
+
+        cos[..., i] = attention_factor * cos(m * inv_freq[i])      (likewise sin)
+
+    from float64 angles, rounded once to ``compute_dtype(x.dtype)`` (float32 for float16,
+    bfloat16 and float32 ``x``; float64 for float64). It holds no buffers (its float64
+    frequencies are a plain attribute), so ``model.to(dtype)`` cannot degrade it, and
+    the result depends only on the arguments.
+
+    Args:
+        config: the model's rotary embedding (``ropekit.hf.from_hf(model.config)``);
+            half-split (``interleaved=False``) as Hugging Face's ``rotate_half`` is.
+
+    Example:
+        >>> rope = ExactRotaryEmbedding(RopeConfig(head_dim=8))
+        >>> cos, sin = rope(torch.zeros(1, 3, 32), torch.arange(3)[None])
+        >>> cos.shape, bool((cos[..., :4] == cos[..., 4:]).all())
+        (torch.Size([1, 3, 8]), True)
+    """
+
+    def __init__(self, config: RopeConfig) -> None:
+        super().__init__()
+        if not isinstance(config, RopeConfig):
+            raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
+        if config.interleaved:
+            raise RopeValueError(
+                "config.interleaved=True is not allowed: Hugging Face's rotate_half pairs lanes "
+                "(i, i + n), expected interleaved=False"
+            )
+        self._config = config
+        self._frequencies = fixed_frequencies(config)
+
+    @property
+    def config(self) -> RopeConfig:
+        """The :class:`~ropekit.RopeConfig` (read-only, as in :class:`ropekit.RotaryEmbedding`)."""
+        return self._config
+
+    def extra_repr(self) -> str:
+        return repr(self.config)
+
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for ``position_ids`` ``[b, s]``; ``x`` only sets the dtype."""
+        if layer_type is not None:
+            raise RopeValueError(
+                f"layer_type={layer_type!r} is not allowed: per-layer RoPE parameters are not "
+                "supported, expected None"
+            )
+        if self._frequencies is None:
+            # As Hugging Face: the longest position of the call picks the table set.
+            inv_freq, factor = self.config.frequencies(int(position_ids.max()) + 1)
+        else:
+            inv_freq, factor = self._frequencies
+        cos, sin = cos_sin(
+            inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype)
+        )
+        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)

@@ -1,1 +1,0 @@
-"""Integrations with other libraries; each submodule imports its library lazily."""
