@@ -1,8 +1,12 @@
 """``ropekit train``: train the small Llama-style byte model (:mod:`ropekit.model`).
 
-Checkpoints (safetensors weights and optimizer state, config.json beside them) go into
-``--out``; ``--resume`` continues from there. Runs on one process, or data-parallel under
-torchrun (gloo on CPU, NCCL on GPU; ``--batch-size`` is the global batch)::
+Checkpoints go into the run folder ``--out``: one directory per saved step
+(``step-00000015/``: safetensors weights and optimizer state, meta.json, and MANIFEST.json
+with the size and SHA-256 of each file) and a ``LATEST`` pointer, both replaced atomically,
+so a run killed at any moment resumes (``--resume``) from its last complete checkpoint bit
+for bit; a damaged folder is an error and nothing is overwritten. Runs on one process, or
+data-parallel under torchrun (gloo on CPU, NCCL on GPU; ``--batch-size`` is the global
+batch)::
 
     torchrun --nproc_per_node 2 -m ropekit.cli.train --out out/ddp --steps 200
 """
@@ -18,9 +22,13 @@ __all__ = ["build_parser", "main", "register", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--out", required=True, help="run folder for checkpoints")
     p.add_argument("--data", help="text file or folder (default: the Python stdlib sources)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last complete checkpoint in --out (none yet: start at step 0)",
+    )
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=16, help="global batch (all processes)")
     p.add_argument("--seq-len", type=int, default=128, help="training context L")
@@ -28,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps (0: at the end)")
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=2,
+        help="checkpoints kept in --out: the latest and the ones before it (default 2)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default cpu)")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
@@ -88,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         resume=args.resume,
         checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
         progress=not args.no_progress,
     )
     import torch.distributed as dist
