@@ -2,27 +2,41 @@
 # Set-up makes a local virtual environment in .venv. torch is installed first, pinned to
 # the CPU build (override TORCH, e.g. `make test TORCH=torch` on a CUDA machine), so the
 # later unpinned `torch>=2.4` requirement is already satisfied and pulls nothing.
+# The demo installs only what it needs (the `train` extra); the tests add the oracles,
+# Triton (its CPU interpreter runs the GPU kernel in CI) and the linters.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.ropekit-installed
+BASE := $(VENV)/.ropekit-base
+DEMO := $(VENV)/.ropekit-demo
+TEST := $(VENV)/.ropekit-test
 
 .PHONY: demo test lint setup clean
 
-$(STAMP): pyproject.toml Makefile
+$(BASE): pyproject.toml Makefile
+	@echo "set-up: creating $(VENV) and installing $(TORCH) (CPU build; about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	touch $(BASE)
+
+$(DEMO): $(BASE)
+	@echo "set-up: installing ropekit with the demo's extra (safetensors, tqdm, matplotlib)"
+	$(BIN)/python -m pip install --quiet -e ".[train]"
+	touch $(DEMO)
+
+$(TEST): $(BASE)
+	@echo "set-up: installing ropekit with the test extra (oracles, triton, ruff; ~2 GB)"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	touch $(TEST) $(DEMO)
 
-setup: $(STAMP)
+setup: $(TEST)
 
-demo: $(STAMP)
+demo: $(DEMO)
 	$(BIN)/ropekit extrapolate --out out/extrapolate
 
-test: $(STAMP)
+test: $(TEST)
 	$(BIN)/python -m ruff check src tests
 	$(BIN)/python -m pytest -q
 
