@@ -1,5 +1,5 @@
-"""cos/sin tables computed exactly (float64 angles, one rounding)."""
+"""cos/sin tables in float64 (angle addition: m = hi + lo), rounded once; see `cos_sin`."""
 
-from .cos_sin import check_positions, cos_sin
+from .cos_sin import BLOCK, check_positions, cos_sin, cos_sin_range, fine_table
 
-__all__ = ["check_positions", "cos_sin"]
+__all__ = ["BLOCK", "check_positions", "cos_sin", "cos_sin_range", "fine_table"]
