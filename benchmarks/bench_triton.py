@@ -15,7 +15,7 @@ it times:
   ``[R, n]`` tables read at row ``offset + j`` inside the kernel, one launch;
 * ``ropekit.qk_table``: ``ropekit.apply_rope_qk(..., backend="triton")`` with fp32 ``[s, n]``
   tables broadcast over the heads, one launch;
-* ``ropekit.qk_`` (fwd only): ``ropekit.apply_rope_qk_`` in place, ``[R, n]`` tables + offset;
+* ``ropekit.qk_`` (fwd only): ``ropekit.apply_rope_qk(..., inplace=True)``, ``[R, n]`` tables + offset;
 * ``ropekit.module``: ``ropekit.RotaryEmbedding(config, backend="triton")(q, k, offset=)``:
   builds its fp32 tables for the call's positions, then the same kernel;
 * ``torch.compile``: ``cat(x1*c - x2*s, x2*c + x1*s)`` in fp32 on q and k, compiled
@@ -234,8 +234,8 @@ def implementations(case: Case) -> dict[str, Callable]:
         "ropekit.qk_table": lambda q, k: ropekit.apply_rope_qk(
             q, k, case.cos_s, case.sin_s, backend="triton"
         ),
-        "ropekit.qk_": lambda q, k: ropekit.apply_rope_qk_(
-            q, k, case.cos_t, case.sin_t, offset=case.offset, backend="triton"
+        "ropekit.qk_": lambda q, k: ropekit.apply_rope_qk(
+            q, k, case.cos_t, case.sin_t, offset=case.offset, backend="triton", inplace=True
         ),
         "ropekit.module": lambda q, k: case.rope(q, k, offset=case.offset),
     }
@@ -430,7 +430,7 @@ def host_overhead_rows(name: str) -> dict[str, float]:
     """Cost per public call on one shape (fp32 CPU tensors; the launch is a no-op)."""
     case = Case(SHAPES[name], torch.float32)
     q, k, c, s, off = case.q, case.k, case.cos_t, case.sin_t, case.offset
-    qk, qk_ = ropekit.apply_rope_qk, ropekit.apply_rope_qk_
+    qk = ropekit.apply_rope_qk
     rows = {}
     rows["2x empty_like (allocation floor)"] = per_call_us(
         lambda: (torch.empty_like(q), torch.empty_like(k))
@@ -442,8 +442,8 @@ def host_overhead_rows(name: str) -> dict[str, float]:
         rows["apply_rope_qk [s, n] fwd, no_grad"] = per_call_us(
             lambda: qk(q, k, case.cos_s, case.sin_s, backend="triton")
         )
-        rows["apply_rope_qk_ offset, no_grad"] = per_call_us(
-            lambda: qk_(q, k, c, s, offset=off, backend="triton")
+        rows["apply_rope_qk inplace offset, no_grad"] = per_call_us(
+            lambda: qk(q, k, c, s, offset=off, backend="triton", inplace=True)
         )
         rows["apply_rope [s, n] fwd, no_grad"] = per_call_us(
             lambda: ropekit.apply_rope(q, case.cos_s, case.sin_s, backend="triton")

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # One-shot GPU checks for the Triton backend (issue 5), sized for a lent H100: < 220 s wall.
-# Everything goes through the public API: ropekit.apply_rope[_qk][_](..., backend="triton")
+# Everything goes through the public API: ropekit.apply_rope[_qk](..., backend="triton"[, inplace=True])
 # and ropekit.RotaryEmbedding(config, backend="triton").
 #
 #   1. versions (GPU, driver, torch, triton, transformers, liger)          -> $OUT/env.txt
-#   2. smoke: apply_rope_qk (offset, cu_seqlens), apply_rope_qk_, RotaryEmbedding and a
+#   2. smoke: apply_rope_qk (offset, cu_seqlens; also inplace=True), RotaryEmbedding and a
 #      backward on CUDA, max error vs float64 rotation matrices <= 20 s -> $OUT/smoke.log
 #   3. tests/test_triton.py on CUDA (fp32/fp16/bf16/fp64, compiled kernels,
 #      torch.compile fullgraph fwd+bwd, > 2**31 elements)       <= 75 s   -> $OUT/pytest_triton.log
 #   4. tests/test_backends.py tests/test_compile.py              <= 30 s   -> $OUT/pytest_rest.log
 #   5. benchmarks/bench_triton.py: prefill/decode/training bf16, then prefill fp32, fwd and
-#      fwd+bwd: apply_rope_qk (rows by offset / [s, n] tables), apply_rope_qk_ (fwd),
+#      fwd+bwd: apply_rope_qk (rows by offset / [s, n] tables), apply_rope_qk inplace=True (fwd),
 #      RotaryEmbedding, vs copy_, torch.compile, HF, Liger; then a small tile sweep
 #      (prefill bf16, CUDA graphs); nothing starts after 65 s
 #                                                   <= 90 s   -> $OUT/bench_triton.{log,json}
@@ -68,13 +68,13 @@ cat "$OUT/env.txt" | tee -a "$SUMMARY"
 
 step "smoke (public API on CUDA)" 20 "$OUT/smoke.log" $PY - <<'EOF'
 import torch, ropekit
-from ropekit import reference
+from ropekit import spec
 dev, d = "cuda", 128
 freqs = ropekit.inv_freq(d)
 angle = torch.arange(64, dtype=torch.float64)[:, None] * freqs
 cos, sin = angle.cos().float().to(dev), angle.sin().float().to(dev)  # [R, n] rows 0..63
 def err(y, x, pos):  # x, y [b, h, s, d]: max |y - exact| (float64 rotation matrices)
-    want = torch.stack([reference.apply(xi.double().cpu(), pos, freqs) for xi in x])
+    want = torch.stack([spec.apply(xi.double().cpu(), pos, freqs) for xi in x])
     return float((y.double().cpu() - want).abs().max())
 q = torch.randn(2, 16, 8, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)  # bshd storage
 k = torch.randn(2, 16, 2, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)
@@ -82,8 +82,8 @@ pos = torch.arange(5, 21)
 yq, yk = ropekit.apply_rope_qk(q, k, cos, sin, offset=5, backend="triton")
 print("apply_rope_qk offset     bf16 max err", err(yq, q, pos), err(yk, k, pos))
 q2, k2 = q.clone(), k.clone()
-ropekit.apply_rope_qk_(q2, k2, cos, sin, offset=5, backend="triton")
-print("apply_rope_qk_ in place  bf16 max err", err(q2, q, pos), err(k2, k, pos))
+ropekit.apply_rope_qk(q2, k2, cos, sin, offset=5, backend="triton", inplace=True)
+print("apply_rope_qk inplace  bf16 max err", err(q2, q, pos), err(k2, k, pos))
 qt, kt = q[0].transpose(0, 1), k[0].transpose(0, 1)  # packed [t, h, d], t = 16
 cu = torch.tensor([0, 10, 16], device=dev)
 yt, _ = ropekit.apply_rope_qk(qt, kt, cos, sin, cu_seqlens=cu, layout="thd", backend="triton")

@@ -1,4 +1,4 @@
-"""apply_rope against the float64 specification (ropekit.reference) and RoPE's properties."""
+"""apply_rope against the float64 specification (ropekit.spec) and RoPE's properties."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ropekit
-from ropekit import reference
+from ropekit import spec
 from ropekit.layout import half_from_interleaved_order
 from tests.conftest import TOL
 
@@ -40,7 +40,7 @@ def rope64(x, positions, freqs, interleaved):
 def test_matches_rotation_matrices(case) -> None:
     x, positions, freqs, interleaved = case
     got = rope64(x, positions, freqs, interleaved)
-    want = reference.apply(x, positions, freqs, interleaved=interleaved)
+    want = spec.apply(x, positions, freqs, interleaved=interleaved)
     torch.testing.assert_close(got, want, **TOL[torch.float64])
 
 
@@ -49,7 +49,7 @@ def test_interleaved_matches_meta_complex_form(case) -> None:
     x, positions, freqs, _ = case
     width = 2 * len(freqs)
     got = rope64(x[..., :width], positions, freqs, True)
-    torch.testing.assert_close(got, reference.apply_complex(x[..., :width], positions, freqs), **TOL[torch.float64])
+    torch.testing.assert_close(got, spec.apply_complex(x[..., :width], positions, freqs), **TOL[torch.float64])
 
 
 @given(rope_case())
@@ -116,7 +116,7 @@ def test_dtype_within_one_rounding_of_exact(dtype: torch.dtype, interleaved: boo
     cos, sin = ropekit.cos_sin(freqs, positions)
     got = ropekit.apply_rope(x, cos, sin, interleaved=interleaved)
     assert got.dtype == dtype
-    exact = reference.apply(x.double(), positions, freqs, interleaved=interleaved)
+    exact = spec.apply(x.double(), positions, freqs, interleaved=interleaved)
     torch.testing.assert_close(got.double(), exact, **TOL[dtype])
 
 
@@ -126,7 +126,7 @@ def test_half_precision_beats_native_half_arithmetic() -> None:
     x = torch.randn(4, 8, 128, 64, generator=g).half()
     positions = torch.arange(128)
     cos, sin = ropekit.cos_sin(ropekit.inv_freq(64), positions)
-    exact = reference.apply(x.double(), positions, ropekit.inv_freq(64))
+    exact = spec.apply(x.double(), positions, ropekit.inv_freq(64))
     ours = (ropekit.apply_rope(x, cos, sin).double() - exact).abs().max()
     c, s = cos.half(), sin.half()
     a, b = x[..., :32], x[..., 32:]
@@ -143,7 +143,7 @@ def test_non_contiguous_input_and_broadcast_tables() -> None:
     cos, sin = ropekit.cos_sin(ropekit.inv_freq(16), positions, dtype=torch.float64)
     got = ropekit.apply_rope(x, cos[:, None], sin[:, None])
     want = torch.stack(
-        [reference.apply(x[i], positions[i], ropekit.inv_freq(16)) for i in range(2)]
+        [spec.apply(x[i], positions[i], ropekit.inv_freq(16)) for i in range(2)]
     )
     torch.testing.assert_close(got, want, **TOL[torch.float64])
     # strided lanes too (every other lane of a wider tensor)
@@ -225,7 +225,7 @@ def test_apply_rotary_pos_emb_matches_hugging_face(unsqueeze_dim: int, dtype: to
     cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)  # HF's convention: [b, s, 2n]
     q, k = q.to(dtype), k.to(dtype)
     want_q, want_k = hf_apply(q.double(), k.double(), cos.double(), sin.double(), unsqueeze_dim=unsqueeze_dim)
-    got_q, got_k = ropekit.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+    got_q, got_k = ropekit.hf.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
     assert got_q.dtype == dtype and got_q.shape == q.shape
     torch.testing.assert_close(got_q.double(), want_q, **TOL[dtype])
     torch.testing.assert_close(got_k.double(), want_k, **TOL[dtype])
@@ -238,6 +238,6 @@ def test_apply_rotary_pos_emb_bad_arguments() -> None:
     q = torch.randn(1, 2, 3, 8)
     cos = torch.randn(1, 3, 8)
     with pytest.raises(ropekit.RopeValueError, match="unsqueeze_dim=3"):
-        ropekit.apply_rotary_pos_emb(q, q.clone(), cos, cos, unsqueeze_dim=3)
+        ropekit.hf.apply_rotary_pos_emb(q, q.clone(), cos, cos, unsqueeze_dim=3)
     with pytest.raises(ropekit.RopeValueError, match="an even last dim"):
-        ropekit.apply_rotary_pos_emb(q, q.clone(), cos[..., :7], cos[..., :7])
+        ropekit.hf.apply_rotary_pos_emb(q, q.clone(), cos[..., :7], cos[..., :7])

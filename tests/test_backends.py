@@ -1,6 +1,6 @@
 """Every backend of apply_rope against the float64 specification, and the API around them.
 
-Oracles: :mod:`ropekit.reference` (explicit float64 rotation matrices) for values, and
+Oracles: :mod:`ropekit.spec` (explicit float64 rotation matrices) for values, and
 ``backend="reference"`` (the plain torch formula) for the bit-exactness the fast backends
 promise. Nothing here computes an expected value with the code under test.
 """
@@ -22,13 +22,11 @@ if not torch.cuda.is_available():  # the Triton backend runs in Triton's CPU int
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import ropekit
-from ropekit import reference
+from ropekit import spec
 from ropekit.apply import (
     Backend,
     apply_rope,
-    apply_rope_,
     apply_rope_qk,
-    apply_rope_qk_,
 )
 from ropekit.apply import cpu as cpu_backend
 from ropekit.apply.dispatch import resolve_backend
@@ -58,10 +56,10 @@ def case(b=2, h=3, s=5, d=10, rotary_dim=None, dtype=torch.float32, seed=0, per_
 def exact(x, positions, freqs, interleaved):
     """The float64 rotation-matrix product (positions [s] or [b, s])."""
     if positions.ndim == 1:
-        return reference.apply(x.double(), positions, freqs, interleaved=interleaved)
+        return spec.apply(x.double(), positions, freqs, interleaved=interleaved)
     return torch.stack(
         [
-            reference.apply(x[i].double(), positions[i], freqs, interleaved=interleaved)
+            spec.apply(x[i].double(), positions[i], freqs, interleaved=interleaved)
             for i in range(x.shape[0])
         ]
     )
@@ -136,7 +134,7 @@ def test_cpu_kernel_any_layout_equals_formula(args) -> None:
     other = apply_rope(x, cos, sin, interleaved=interleaved, backend="torch")
     torch.testing.assert_close(other, want, **TOL[x.dtype])
     y = x.clone()
-    assert apply_rope_(y, cos, sin, interleaved=interleaved, backend="cpu") is y
+    assert apply_rope(y, cos, sin, interleaved=interleaved, backend="cpu", inplace=True) is y
     assert torch.equal(y, want)
 
 
@@ -150,7 +148,7 @@ def test_cpu_kernel_layouts_it_does_not_take_still_work() -> None:
     want = apply_rope(x, cos, sin, backend="reference")
     assert torch.equal(apply_rope(x, cos, sin, backend="cpu"), want)
     y = wide.clone()
-    apply_rope_(y[..., ::2], cos, sin, backend="cpu")
+    apply_rope(y[..., ::2], cos, sin, backend="cpu", inplace=True)
     assert torch.equal(y[..., ::2], want)
     assert torch.equal(y[..., 1::2], wide[..., 1::2])
 
@@ -177,7 +175,7 @@ def test_cpu_kernel_splits_q_and_k_rows_over_threads(threads) -> None:
         torch.set_num_threads(threads)
         got = apply_rope_qk(q, k, cos, sin, backend="cpu")
         q2, k2 = q.clone(), k.clone()
-        apply_rope_qk_(q2, k2, cos, sin, backend="cpu", interleaved=True)
+        apply_rope_qk(q2, k2, cos, sin, backend="cpu", interleaved=True, inplace=True)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(got[0], apply_rope(q, cos, sin, backend="reference"))
@@ -349,11 +347,11 @@ def test_in_place_and_out_equal_the_functional_result(backend, dtype) -> None:
     assert torch.equal(single, want_q)
 
     q2, k2 = q.clone(), k.clone()
-    got = apply_rope_qk_(q2, k2, cos, sin, backend=backend)
+    got = apply_rope_qk(q2, k2, cos, sin, backend=backend, inplace=True)
     assert got[0] is q2 and got[1] is k2
     assert torch.equal(q2, want_q) and torch.equal(k2, want_k)
     q3 = q.clone()
-    assert apply_rope(q3, cos, sin, backend=backend, out=q3) is q3  # out=x is in place
+    assert apply_rope(q3, cos, sin, backend=backend, inplace=True) is q3
     assert torch.equal(q3, want_q)
 
 
@@ -364,7 +362,7 @@ def test_in_place_under_autograd_is_safe_for_non_leaves(backend) -> None:
     g = torch.randn(2, 3, 8, dtype=torch.float64, generator=gen(12))
 
     y = leaf * 2.0  # non-leaf, rotated in place below
-    rotated = apply_rope_(y, cos, sin, backend=backend)
+    rotated = apply_rope(y, cos, sin, backend=backend, inplace=True)
     assert rotated is y
     (rotated * g).sum().backward()
     in_place_grad = leaf.grad.clone()
@@ -378,7 +376,7 @@ def test_in_place_and_out_refuse_what_autograd_cannot_do() -> None:
     leaf = torch.randn(2, 3, 8, requires_grad=True)
     cos, sin = ropekit.cos_sin(ropekit.inv_freq(8), torch.arange(3))
     with pytest.raises(ropekit.RopeValueError, match="leaf tensor that requires grad"):
-        apply_rope_(leaf, cos, sin)
+        apply_rope(leaf, cos, sin, inplace=True)
     with pytest.raises(ropekit.RopeValueError, match="out= does not support autograd"):
         apply_rope(leaf, cos, sin, out=torch.empty(2, 3, 8))
     with torch.no_grad():  # fine without autograd
@@ -420,15 +418,28 @@ def test_out_overlapping_the_input_raises() -> None:
     shared = torch.empty(1, 2, 3, 8)
     with pytest.raises(ropekit.RopeValueError, match=r"out\[0\] and out\[1\] overlap"):
         apply_rope_qk(q, k, cos, sin, out=(shared, shared))
-    # q and k themselves are allowed (in place), and give the out-of-place result.
-    expected = apply_rope_qk(q, k, cos, sin)
-    q_rot, k_rot = apply_rope_qk(q, k, cos, sin, out=(q, k))
-    assert q_rot is q and k_rot is k
-    assert torch.equal(q, expected[0]) and torch.equal(k, expected[1])
+    # q and k themselves are refused: in place is inplace=True, one way only.
+    before = (q.clone(), k.clone())
+    with pytest.raises(ropekit.RopeValueError, match=r"out\[0\] is q itself.*inplace=True"):
+        apply_rope_qk(q, k, cos, sin, out=(q, k))
+    with pytest.raises(ropekit.RopeValueError, match=r"out\[1\] is k itself.*inplace=True"):
+        apply_rope_qk(q, k, cos, sin, out=(torch.empty_like(q), k))
+    with pytest.raises(ropekit.RopeValueError, match=r"out is x itself.*inplace=True"):
+        apply_rope(q, cos, sin, out=q)
+    with pytest.raises(ropekit.RopeValueError, match=r"out is x itself.*inplace=True"):
+        apply_rope(q, cos, sin, out=q[:])  # another view of the same memory
+    with pytest.raises(ropekit.RopeValueError, match="inplace=True and out= are not allowed"):
+        apply_rope(q, cos, sin, out=torch.empty_like(q), inplace=True)
+    with pytest.raises(ropekit.RopeValueError, match="inplace=True and out= are not allowed"):
+        apply_rope_qk(q, k, cos, sin, out=(torch.empty_like(q), torch.empty_like(k)),
+                      inplace=True)
+    with pytest.raises(ropekit.RopeValueError, match="inplace=1 is not allowed"):
+        apply_rope(q, cos, sin, inplace=1)  # type: ignore[arg-type]
+    assert torch.equal(q, before[0]) and torch.equal(k, before[1])
     with pytest.raises(ropekit.RopeValueError, match="expected a pair"):
         apply_rope_qk(q, k, cos, sin, out=torch.empty_like(q))  # type: ignore[arg-type]
     with pytest.raises(ropekit.RopeValueError, match="rotated more than once"):
-        apply_rope_qk_(q, q, cos, sin)
+        apply_rope_qk(q, q, cos, sin, inplace=True)
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -47,7 +47,7 @@ def test_partial_aliasing_of_q_and_k_is_refused(backend: str) -> None:
     before = q.clone()
     for k in (q[:], q.view(2, 3, 5, 8), q[:, 1:], q.transpose(0, 1).transpose(0, 1)):
         with pytest.raises(ropekit.RopeValueError, match="overlap in memory"):
-            ropekit.apply_rope_qk_(q, k[:, :2] if k.shape[1] == 3 else k, cos, sin, backend=backend)
+            ropekit.apply_rope_qk(q, k[:, :2] if k.shape[1] == 3 else k, cos, sin, backend=backend, inplace=True)
     assert torch.equal(q, before), "nothing is written when the call is refused"
 
 
@@ -58,7 +58,7 @@ def test_disjoint_slices_of_one_buffer_are_fine(backend: str) -> None:
     qkv = torch.randn(2, 5, 3, 2, 8)  # [b, s, 3, h, d]
     q, k = qkv[:, :, 0], qkv[:, :, 1]
     want_q = ropekit.apply_rope(q, cos[:, None], sin[:, None], backend="reference")
-    ropekit.apply_rope_qk_(q, k, cos[:, None], sin[:, None], backend=backend)
+    ropekit.apply_rope_qk(q, k, cos[:, None], sin[:, None], backend=backend, inplace=True)
     torch.testing.assert_close(q, want_q)
 
 
@@ -66,7 +66,7 @@ def test_disjoint_slices_of_one_buffer_are_fine(backend: str) -> None:
 def test_expanded_inplace_target_is_refused(backend: str) -> None:
     cos, sin = tables()
     with pytest.raises(ropekit.RopeValueError, match="share memory"):
-        ropekit.apply_rope_(torch.randn(1, 8).expand(5, 8), cos, sin, backend=backend)
+        ropekit.apply_rope(torch.randn(1, 8).expand(5, 8), cos, sin, backend=backend, inplace=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -101,7 +101,7 @@ def test_layout_is_never_guessed() -> None:
     want_q, _ = rope_bhsd(q.transpose(1, 2), k.transpose(1, 2))
     torch.testing.assert_close(got_q, want_q.transpose(1, 2))
     freqs = ropekit.inv_freq(8)
-    oracle = ropekit.reference.apply(q.transpose(1, 2), torch.arange(6), freqs).transpose(1, 2)
+    oracle = ropekit.spec.apply(q.transpose(1, 2), torch.arange(6), freqs).transpose(1, 2)
     torch.testing.assert_close(got_q.double(), oracle, rtol=2e-6, atol=2e-6)
     with pytest.raises(ropekit.RopeValueError, match="layout="):
         ropekit.apply_rope(torch.randn(2, 6, 8), *tables(6), layout="bshd")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import ropekit
-from ropekit.frequencies.scaling import SCALINGS
+from ropekit.scaling import SCALINGS
 from tests.conftest import TOL
 
 HEAD_DIM = 16
@@ -51,7 +51,7 @@ LENGTHS = (5, 9, 20, 33, 40)  # both sides of CONTEXT
 def config(name: str, interleaved: bool = False) -> ropekit.RopeConfig:
     cls = SCALINGS[name]
     assert name in EXAMPLES, f"add example parameters for scaling {name!r} to EXAMPLES"
-    scaling = None if cls is ropekit.Scaling else cls(**EXAMPLES[name])
+    scaling = cls(**EXAMPLES[name])
     return ropekit.RopeConfig(
         head_dim=HEAD_DIM, scaling=scaling, interleaved=interleaved, max_position=4 * CONTEXT
     )

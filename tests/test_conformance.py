@@ -4,7 +4,7 @@ Every backend × dtype × tensor layout × kind of positions × plain/``out=``/i
 and autograd (the gradient of the *base* tensor when a view is rotated in place, against
 the out-of-place gradient and the exact one), against independent float64 oracles:
 
-* values: :func:`ropekit.reference.apply`, explicit block-diagonal rotation matrices in
+* values: :func:`ropekit.spec.apply`, explicit block-diagonal rotation matrices in
   float64, at positions computed here by plain Python loops (not by ropekit.positions);
 * gradients: the exact gradient of ``sum(w * R(θ) x)`` is ``R(θ)ᵀ w = R(-θ) w``, i.e. the
   same oracle at negated positions.
@@ -25,7 +25,7 @@ if not torch.cuda.is_available():  # the Triton backend runs in Triton's CPU int
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import ropekit
-from ropekit import reference
+from ropekit import spec
 from ropekit.apply.dispatch import REGISTRY, Backend, _loaded
 from tests.conftest import TOL
 
@@ -156,7 +156,7 @@ def oracle(x: torch.Tensor, layout: str, kind: str, interleaved: bool, sign: int
     rows = expected_rows(layout, kind)
     out = torch.stack(
         [
-            reference.apply(xc[bi], sign * torch.tensor(rows[bi]), FREQS, interleaved=interleaved)
+            spec.apply(xc[bi], sign * torch.tensor(rows[bi]), FREQS, interleaved=interleaved)
             for bi in range(xc.shape[0])
         ]
     )
@@ -221,7 +221,7 @@ def test_values(backend: str, layout: str, kind: str, mode: str) -> None:
                 assert yq is oq and yk is ok
                 assert torch.equal(q, q0) and torch.equal(k, k0), "inputs must not change"
             else:
-                yq, yk = ropekit.apply_rope_qk_(q, k, cos, sin, **args)
+                yq, yk = ropekit.apply_rope_qk(q, k, cos, sin, **args, inplace=True)
                 assert yq is q and yk is k
             check_close(yq, oracle(q0, layout, kind, interleaved), dtype, what + " q")
             check_close(yk, oracle(k0, layout, kind, interleaved), dtype, what + " k")
@@ -263,7 +263,7 @@ def test_gradients_of_the_base(backend: str, layout: str, kind: str, inplace: bo
     buf = leaf * 1  # a non-leaf buffer, as a projection's output is
     q, k = fused_views(layout, buf)
     if inplace:
-        ropekit.apply_rope_qk_(q, k, cos, sin, **args)
+        ropekit.apply_rope_qk(q, k, cos, sin, **args, inplace=True)
         (buf * w).sum().backward()
     else:
         yq, yk = ropekit.apply_rope_qk(q, k, cos, sin, **args)
@@ -287,7 +287,7 @@ def fused_views_rest(layout: str, base: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "compiled"])
 def test_inplace_view_of_single_tensor_gradient(backend: str) -> None:
-    """The issue's case: ``apply_rope_(out[:, :, 0], cos[:, None], sin[:, None])`` on a
+    """The issue's case: ``apply_rope(out[:, :, 0], cos[:, None], sin[:, None], inplace=True)`` on a
     packed ``[b, s, 2, h, d]`` buffer; the other half must get the identity gradient."""
     skip_unavailable(backend)
     device = device_for(backend)
@@ -295,7 +295,7 @@ def test_inplace_view_of_single_tensor_gradient(backend: str) -> None:
     rows = torch.tensor(expected_rows("bshd", "positions_s")[0], device=device)
     cos, sin = ropekit.cos_sin(FREQS, rows)  # [s, n]
     buf = leaf * 1
-    ropekit.apply_rope_(buf[:, :, 0], cos[:, None], sin[:, None], layout="bshd", backend=backend)
+    ropekit.apply_rope(buf[:, :, 0], cos[:, None], sin[:, None], layout="bshd", backend=backend, inplace=True)
     w = torch.randn_like(buf)
     (buf * w).sum().backward()
     torch.testing.assert_close(leaf.grad[:, :, 1], w[:, :, 1], rtol=0, atol=0)

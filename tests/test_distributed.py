@@ -126,7 +126,8 @@ WORKER = textwrap.dedent(
     import json, os, sys
     import torch
     import torch.distributed as dist
-    from ropekit import RopeConfig, RotaryEmbedding, SCALINGS
+    from ropekit import RopeConfig, RotaryEmbedding
+    from ropekit.scaling import SCALINGS
     from ropekit.distributed import shard_indices, shard_positions
     from ropekit.model import ModelConfig, Transformer
     from ropekit.model.train import TrainConfig, train

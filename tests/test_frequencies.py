@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ropekit
-from ropekit import reference
+from ropekit import spec
 from tests.conftest import load_meta_functions
 
 THETAS = [10000.0, 500000.0, 1e6, 1e7, 2.5]
@@ -20,7 +20,7 @@ THETAS = [10000.0, 500000.0, 1e6, 1e7, 2.5]
 def test_inv_freq_is_paper_formula(head_dim: int, theta: float) -> None:
     # Oracle: theta ** (-2i/d) evaluated with Python floats, pair by pair.
     got = ropekit.inv_freq(head_dim, theta)
-    want = reference.inv_freq(head_dim, theta)
+    want = spec.inv_freq(head_dim, theta)
     assert got.dtype == torch.float64 and got.shape == (head_dim // 2,)
     torch.testing.assert_close(got, want, rtol=4e-16, atol=0)
 
@@ -29,7 +29,7 @@ def test_inv_freq_is_paper_formula(head_dim: int, theta: float) -> None:
 def test_partial_rotary_uses_rotary_dim(rotary: int, extra: int, theta: float) -> None:
     rotary_dim = 2 * rotary
     got = ropekit.inv_freq(rotary_dim + extra, theta, rotary_dim=rotary_dim)
-    torch.testing.assert_close(got, reference.inv_freq(rotary_dim, theta), rtol=4e-16, atol=0)
+    torch.testing.assert_close(got, spec.inv_freq(rotary_dim, theta), rtol=4e-16, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -41,14 +41,14 @@ def test_dtype_is_one_rounding_of_float64(dtype: torch.dtype) -> None:
 @given(half=st.integers(1, 200), theta=st.sampled_from(THETAS))
 def test_half_index_formula_identical_for_even_dims(half: int, theta: float) -> None:
     d = 2 * half
-    assert torch.equal(ropekit.inv_freq(d, theta), ropekit.inv_freq_half_index(d, theta))
+    assert torch.equal(ropekit.inv_freq(d, theta), ropekit.spec.inv_freq_half_index(d, theta))
 
 
 @given(half=st.integers(1, 200), theta=st.sampled_from([10000.0, 500000.0]))
 def test_half_index_formula_differs_for_odd_dims(half: int, theta: float) -> None:
     d = 2 * half + 1
     paper = ropekit.inv_freq(d, theta)
-    old = ropekit.inv_freq_half_index(d, theta)
+    old = ropekit.spec.inv_freq_half_index(d, theta)
     assert paper[0] == old[0] == 1.0
     if half > 1:
         # exponent 2i/d < i/half for i > 0: the paper's frequencies are higher.

@@ -34,8 +34,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ropekit import RopeConfig, RopeValueError
-from ropekit.frequencies.scaling import Dynamic, LongRope, Ntk, Proportional, Scaling, Yarn
 from ropekit.hf import from_hf, to_hf
+from ropekit.scaling import Dynamic, LongRope, Ntk, Plain, Proportional, Yarn
 
 # LongRoPE factors of microsoft/Phi-3.5-mini-instruct (config.json, 48 = 96 / 2 each).
 PHI35_LONG = [
@@ -236,7 +236,7 @@ def seq_lens(config: RopeConfig) -> list[int | None]:
     """Lengths at which the tables are compared: the method's interesting ones."""
     top = config.max_position
     assert top is not None
-    method = config.method
+    method = config.scaling
     if isinstance(method, Dynamic):
         return [None, top // 2, top, top + 1, 2 * top, 5 * top + 3]
     if isinstance(method, LongRope):
@@ -362,7 +362,7 @@ def test_parity_with_transformers(case: tuple[str, str | None]) -> None:
     expected = hf_rope_type(name, layer_type)
     if expected == "dynamic" and hf_config(name).rope_parameters.get("alpha"):
         expected = "ntk"
-    assert config.method.name == expected
+    assert config.scaling.name == expected
     for seq_len in seq_lens(config):
         inv, factor = config.frequencies(seq_len)
         inv_hf, factor_hf = _hf_init(name, layer_type, seq_len)
@@ -381,7 +381,7 @@ def test_parity_with_transformers(case: tuple[str, str | None]) -> None:
 
 
 def test_every_method_is_covered_by_a_real_config() -> None:
-    methods = {ours(name, layer_type).method.name for name, layer_type in CASES}
+    methods = {ours(name, layer_type).scaling.name for name, layer_type in CASES}
     assert methods == {"default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope",
                        "proportional"}  # fmt: skip
 
@@ -390,7 +390,7 @@ def test_cos_sin_bound_is_tight_enough_to_catch_a_wrong_table() -> None:
     # Phi-3.5 with the short factors where transformers uses the long ones (the classic
     # off-by-one at the switch) must fail the bound by a wide margin.
     config = ours("phi-3.5-mini", None)
-    omp = config.method.original_max_position_embeddings
+    omp = config.scaling.original_max_position_embeddings
     positions = positions_through(omp + 1)
     cos_hf, _, inv_mod, factor = _hf_module_tables("phi-3.5-mini", None, positions)
     wrong_cos, _ = config.cos_sin(positions, seq_len=omp, dtype=torch.float64)
@@ -514,7 +514,7 @@ def test_partial_rotary_truncates_and_rotary_emb_base_is_theta() -> None:
 def test_phi3_top_level_original_context_wins() -> None:
     d = copy.deepcopy(MODEL_CONFIGS["phi-3.5-mini"])
     d["rope_scaling"]["original_max_position_embeddings"] = 8192  # transformers ignores it
-    method = from_hf(d).method
+    method = from_hf(d).scaling
     assert isinstance(method, LongRope)
     assert method.original_max_position_embeddings == 4096
     assert method.factor == 131072 / 4096  # Phi-3 has no explicit factor
@@ -553,8 +553,8 @@ def test_multimodal_config_reads_text_config() -> None:
 
 def test_gemma3_layer_types() -> None:
     full, sliding = ours("gemma-3-4b", "full_attention"), ours("gemma-3-4b", "sliding_attention")
-    assert (full.theta, full.method.name, full.method.factor) == (1e6, "linear", 8.0)
-    assert (sliding.theta, sliding.scaling) == (10000.0, None)
+    assert (full.theta, full.scaling.name, full.scaling.factor) == (1e6, "linear", 8.0)
+    assert (sliding.theta, sliding.scaling) == (10000.0, Plain())
 
 
 def test_nested_rope_parameters_need_a_layer_type() -> None:
@@ -567,7 +567,7 @@ def test_nested_rope_parameters_need_a_layer_type() -> None:
 def test_gemma4_global_layers_are_proportional_on_the_global_head() -> None:
     config = ours("gemma-4-text", "full_attention")
     assert config.head_dim == 512 and config.rotary_dim is None
-    assert config.method == Proportional(partial_rotary_factor=0.25)
+    assert config.scaling == Proportional(partial_rotary_factor=0.25)
     inv = config.inv_freq()
     assert int((inv > 0).sum()) == 64 and bool((inv[64:] == 0).all())
 
@@ -575,13 +575,13 @@ def test_gemma4_global_layers_are_proportional_on_the_global_head() -> None:
 def test_deepseek_reads_rope_head_dim_and_interleave() -> None:
     config = ours("deepseek-v3", None)
     assert (config.head_dim, config.interleaved) == (64, True)
-    assert config.method == Yarn(40.0, 4096, mscale=1.0, mscale_all_dim=1.0)
+    assert config.scaling == Yarn(40.0, 4096, mscale=1.0, mscale_all_dim=1.0)
     d = {**MODEL_CONFIGS["deepseek-v3"], "rope_interleave": False}
     assert from_hf(d).interleaved is False
 
 
 def test_hunyuan_dynamic_with_alpha_is_static_ntk() -> None:
-    assert ours("hunyuan-7b-shape", None).method == Ntk(alpha=1000.0)
+    assert ours("hunyuan-7b-shape", None).scaling == Ntk(alpha=1000.0)
     d = copy.deepcopy(MODEL_CONFIGS["hunyuan-7b-shape"])
     d["rope_scaling"]["factor"] = 2.0  # transformers would silently ignore it
     with pytest.raises(RopeValueError, match="factor"):
@@ -589,12 +589,12 @@ def test_hunyuan_dynamic_with_alpha_is_static_ntk() -> None:
 
 
 def test_dynamic_takes_its_threshold_from_max_position_embeddings() -> None:
-    method = ours("llama-2-7b-dynamic-x2", None).method
+    method = ours("llama-2-7b-dynamic-x2", None).scaling
     assert method == Dynamic(factor=2.0, max_position=4096)
     d = {k: v for k, v in MODEL_CONFIGS["llama-2-7b-dynamic-x2"].items()
          if k != "max_position_embeddings"}  # fmt: skip
     # Left out, it is LlamaConfig's default (2048), as transformers reads the file...
-    assert from_hf(d).method == Dynamic(factor=2.0, max_position=2048)
+    assert from_hf(d).scaling == Dynamic(factor=2.0, max_position=2048)
     # ...and without a model type there is no default to take.
     del d["model_type"]
     with pytest.raises(RopeValueError, match="max_position_embeddings"):
@@ -701,7 +701,7 @@ def test_default_scaling_to_hf_4x_writes_null_rope_scaling() -> None:
     hf = to_hf(RopeConfig(128, theta=500000.0, max_position=8192), version=4)
     assert hf == {"head_dim": 128, "max_position_embeddings": 8192, "rope_theta": 500000.0,
                   "rope_scaling": None}  # fmt: skip
-    assert type(from_hf(hf).method) is Scaling
+    assert type(from_hf(hf).scaling) is Plain
 
 
 # --------------------------------------------------------------------------- CLI
@@ -780,7 +780,7 @@ if __name__ == "__main__":
     )
     by_method: dict[str, dict[str, float]] = {}
     for case in CASES:
-        method = ours(*case).method.name
+        method = ours(*case).scaling.name
         w = parity(*case)
         m = by_method.setdefault(method, dict.fromkeys(w, 0.0))
         for k, v in w.items():

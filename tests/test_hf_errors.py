@@ -23,18 +23,10 @@ import torch
 import transformers
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from ropekit import (
-    Linear,
-    Llama3,
-    LongRope,
-    Ntk,
-    RopeConfig,
-    RopeValueError,
-    Yarn,
-    scaling_from_dict,
-)
+from ropekit import RopeConfig, RopeValueError
 from ropekit.frequencies import Llama4Temperature
 from ropekit.hf import from_hf, models, to_hf
+from ropekit.scaling import Linear, Llama3, LongRope, Ntk, Yarn, scaling_from_dict
 
 transformers.logging.set_verbosity_error()
 

@@ -39,8 +39,8 @@ import transformers
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
 
 from ropekit import RopeConfig, RopeValueError
-from ropekit.frequencies.scaling import MULTI_AXIS_KEYS
 from ropekit.hf import from_hf, models
+from ropekit.scaling import MULTI_AXIS_KEYS
 
 transformers.logging.set_verbosity_error()
 
@@ -409,7 +409,7 @@ def test_gemma3_config_json_without_rope_theta_gets_gemma3s_default() -> None:
     hf = CONFIG_MAPPING["gemma3_text"].from_dict(copy.deepcopy(d))
     assert hf.rope_parameters["full_attention"]["rope_theta"] == 1e6
     full = from_hf(d, layer_type="full_attention")
-    assert full.theta == 1e6 and full.method.factor == 8.0
+    assert full.theta == 1e6 and full.scaling.factor == 8.0
     assert from_hf(d, layer_type="sliding_attention").theta == 1e4
     with pytest.raises(RopeValueError, match="layer_type"):
         from_hf(d)  # two RoPEs: layer_type is required, dict or object alike

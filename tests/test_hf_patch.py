@@ -33,7 +33,7 @@ from torch import nn
 import ropekit.hf.patching as rt
 from ropekit import RopeConfig, RopeValueError
 from ropekit.hf import (
-    ExactRotaryEmbedding,
+    RotaryTables,
     UnsupportedModelError,
     from_hf,
     is_patched,
@@ -273,7 +273,7 @@ def test_logits_match_unpatched(name: str, monkeypatch: pytest.MonkeyPatch) -> N
         assert len(calls) == 2 * model.config.num_hidden_layers
         # RoPE sees only relative positions; reversing them changes every distance.
         reversed_ = model(ids, position_ids=torch.arange(19, -1, -1)[None]).logits
-    assert sum(isinstance(m, ExactRotaryEmbedding) for m in model.modules()) == 1
+    assert sum(isinstance(m, RotaryTables) for m in model.modules()) == 1
     torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
     assert (reversed_ - want).abs().max() > 10 * ATOL  # the tolerance tells positions apart
 
@@ -390,7 +390,7 @@ def test_tables_at_long_positions_are_exact() -> None:
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
     )
     hf = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config)
-    ours = ExactRotaryEmbedding(from_hf(config))
+    ours = RotaryTables(from_hf(config))
     positions = torch.tensor([[100_000, 123_457, 500_001, 999_999, 1_000_000]])
     x = torch.zeros(1, dtype=torch.float32)
     want_cos, want_sin = float64_tables(positions, 128, 500000.0)
@@ -483,7 +483,7 @@ def test_deepcopy_of_patched_model_is_patched_and_independent() -> None:
     model = patch(CASES["qwen2"].build())
     twin = copy.deepcopy(model)
     assert is_patched(twin)
-    assert isinstance(twin.model.rotary_emb, ExactRotaryEmbedding)
+    assert isinstance(twin.model.rotary_emb, RotaryTables)
     assert twin.model.layers[0].self_attn.forward.__self__ is twin.model.layers[0].self_attn
     ids = tokens((1, 10))
     with torch.no_grad():
@@ -612,10 +612,10 @@ def test_rebinding_needs_functools_wraps_decorators() -> None:
 
 def test_exact_rotary_embedding_arguments() -> None:
     with pytest.raises(RopeValueError, match="interleaved=True"):
-        ExactRotaryEmbedding(RopeConfig(head_dim=8, interleaved=True))
+        RotaryTables(RopeConfig(head_dim=8, interleaved=True))
     with pytest.raises(RopeValueError, match=r"expected a ropekit\.RopeConfig"):
-        ExactRotaryEmbedding("llama")  # type: ignore[arg-type]
-    rope = ExactRotaryEmbedding(RopeConfig(head_dim=8))
+        RotaryTables("llama")  # type: ignore[arg-type]
+    rope = RotaryTables(RopeConfig(head_dim=8))
     with pytest.raises(RopeValueError, match="layer_type"):
         rope(torch.zeros(1), torch.arange(3)[None], layer_type="sliding_attention")
     # [b, s] positions: each row gets its own tables (left padding, packed rows).
@@ -635,7 +635,7 @@ def test_exact_rotary_embedding_arguments() -> None:
 def test_exact_rotary_embedding_matches_float64_formula(
     n_pairs: int, theta: float, positions: list[int]
 ) -> None:
-    rope = ExactRotaryEmbedding(RopeConfig(head_dim=2 * n_pairs, theta=theta))
+    rope = RotaryTables(RopeConfig(head_dim=2 * n_pairs, theta=theta))
     pos = torch.tensor([positions, positions[::-1]])
     cos, sin = rope(torch.zeros(1, dtype=torch.float64), pos)
     want_cos, want_sin = float64_tables(pos, 2 * n_pairs, theta)

@@ -19,9 +19,9 @@ def hf_style_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 @given(st.integers(1, 4), st.integers(1, 8), st.integers(1, 5))
 def test_matches_conversion_recipe_and_round_trips(n_heads: int, pairs: int, cols: int) -> None:
     w = torch.randn(n_heads * 2 * pairs, cols)
-    half = ropekit.to_half_layout(w, n_heads)
+    half = ropekit.layout.to_half_layout(w, n_heads)
     assert torch.equal(half, hf_style_permute(w, n_heads))
-    assert torch.equal(ropekit.to_interleaved_layout(half, n_heads), w)
+    assert torch.equal(ropekit.layout.to_interleaved_layout(half, n_heads), w)
 
 
 @pytest.mark.parametrize("rotary_dim", [None, 4])
@@ -45,8 +45,8 @@ def test_meta_and_converted_checkpoints_give_identical_scores(rotary_dim: int | 
 
     meta = scores(wq, wk, interleaved=True)
     hf = scores(
-        ropekit.to_half_layout(wq, hq, rotary_dim=rotary_dim),
-        ropekit.to_half_layout(wk, hk, rotary_dim=rotary_dim),
+        ropekit.layout.to_half_layout(wq, hq, rotary_dim=rotary_dim),
+        ropekit.layout.to_half_layout(wk, hk, rotary_dim=rotary_dim),
         interleaved=False,
     )
     # Same lanes, same products, summed in a permuted order: equal to float64 rounding.
@@ -58,7 +58,7 @@ def test_meta_and_converted_checkpoints_give_identical_scores(rotary_dim: int | 
 
 def test_bias_and_partial_rotary_rows_past_rotary_dim_stay() -> None:
     b = torch.arange(12.0)  # one head of 12 lanes, 4 rotated
-    assert ropekit.to_half_layout(b, 1, rotary_dim=4).tolist() == [0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert ropekit.layout.to_half_layout(b, 1, rotary_dim=4).tolist() == [0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 
 
 @pytest.mark.parametrize(
@@ -74,5 +74,5 @@ def test_bias_and_partial_rotary_rows_past_rotary_dim_stay() -> None:
 )
 def test_bad_input_raises(args, kwargs, needle: str) -> None:
     with pytest.raises(ropekit.RopeValueError) as info:
-        ropekit.to_half_layout(*args, **kwargs)
+        ropekit.layout.to_half_layout(*args, **kwargs)
     assert needle in str(info.value)

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from ropekit import RopeValueError, reference
-from ropekit.frequencies.scaling import SCALINGS
+from ropekit import RopeValueError, spec
 from ropekit.model import KVCache, ModelConfig, Transformer, generate
+from ropekit.scaling import SCALINGS
 
 SMALL = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16)
 
@@ -31,7 +31,7 @@ def naive_forward(
     model: Transformer, tokens: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
     """The model written out from the formulas, loops over heads, float64, no ropekit fast
-    paths: rotation by ropekit.reference's explicit matrices."""
+    paths: rotation by ropekit.spec's explicit matrices."""
     cfg = model.config
     d, hq, hk = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
     freqs, factor = cfg.rope_config().frequencies(None)
@@ -40,7 +40,7 @@ def naive_forward(
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.norm_eps) * w
 
     def rot(x: torch.Tensor) -> torch.Tensor:  # [s, d]
-        return reference.apply(x, positions, freqs) * factor
+        return spec.apply(x, positions, freqs) * factor
 
     s = tokens.shape[0]
     x = model.tok_embeddings.weight.double()[tokens]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ropekit
-from ropekit import reference
+from ropekit import spec
 from tests.conftest import TOL
 
 CFG = ropekit.RopeConfig(head_dim=16, theta=10000.0)
@@ -27,8 +27,8 @@ def test_gqa_default_positions_match_reference(interleaved: bool) -> None:
     q_rot, k_rot = rope(q, k)
     freqs = ropekit.inv_freq(16)
     pos = torch.arange(6)
-    torch.testing.assert_close(q_rot, reference.apply(q, pos, freqs, interleaved=interleaved), **TOL[torch.float64])
-    torch.testing.assert_close(k_rot, reference.apply(k, pos, freqs, interleaved=interleaved), **TOL[torch.float64])
+    torch.testing.assert_close(q_rot, spec.apply(q, pos, freqs, interleaved=interleaved), **TOL[torch.float64])
+    torch.testing.assert_close(k_rot, spec.apply(k, pos, freqs, interleaved=interleaved), **TOL[torch.float64])
 
 
 def test_offset_decoding_equals_prefill() -> None:
@@ -63,7 +63,7 @@ def test_tables_survive_module_dtype_changes() -> None:
         got = moved(q, k, positions)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     # and the result is the exact rotation, rounded once to bf16 (float32 arithmetic)
-    exact = reference.apply(q.double(), positions, ropekit.inv_freq(16))
+    exact = spec.apply(q.double(), positions, ropekit.inv_freq(16))
     torch.testing.assert_close(want[0].double(), exact, **TOL[torch.bfloat16])
 
 
@@ -108,7 +108,7 @@ def test_odd_and_partial_head_dims() -> None:
     for cfg in (ropekit.RopeConfig(head_dim=9), ropekit.RopeConfig(head_dim=12, rotary_dim=4)):
         q, k = qk(d=cfg.head_dim)
         q_rot, _ = ropekit.RotaryEmbedding(cfg)(q, k)
-        want = reference.apply(q, torch.arange(6), cfg.inv_freq())
+        want = spec.apply(q, torch.arange(6), cfg.inv_freq())
         torch.testing.assert_close(q_rot, want, **TOL[torch.float64])
         assert torch.equal(q_rot[..., 2 * cfg.n_pairs :], q[..., 2 * cfg.n_pairs :])
 
@@ -186,7 +186,7 @@ def test_packed_sequences_restart_per_document(interleaved: bool) -> None:
     want_pos = torch.tensor([10, 11, 12, 100, 101, 102, 103])  # written out by hand
     freqs = ropekit.inv_freq(16)
     for got, x in ((got_q, q), (got_k, k)):
-        want = reference.apply(x.transpose(0, 1), want_pos, freqs, interleaved=interleaved)
+        want = spec.apply(x.transpose(0, 1), want_pos, freqs, interleaved=interleaved)
         torch.testing.assert_close(got, want.transpose(0, 1), **TOL[torch.float64])
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ropekit import PRESETS, RopeValueError, preset
 from ropekit.hf import from_hf, to_hf
+from ropekit.scaling import Plain
 from tests.test_hf_config import MODEL_CONFIGS, _hf_init
 
 #: preset -> (published config in MODEL_CONFIGS, layer_type, fields the preset sets itself)
@@ -73,16 +74,16 @@ def test_preset_frequencies_match_transformers(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_round_trips_through_hf(name: str, version: int) -> None:
     config = preset(name)
-    config.method.check_config(config.head_dim, config.rotary_dim, config.max_position)
+    config.scaling.check_config(config.head_dim, config.rotary_dim, config.max_position)
     assert from_hf(to_hf(config, version=version)) == config
 
 
 def test_required_presets_values() -> None:
     # Spot checks straight from the model cards, independent of from_hf.
-    assert preset("llama-3.1-8b").method.factor == 8.0
-    assert preset("llama-3.2-1b").head_dim == 64 and preset("llama-3.2-1b").method.factor == 32.0
+    assert preset("llama-3.1-8b").scaling.factor == 8.0
+    assert preset("llama-3.2-1b").head_dim == 64 and preset("llama-3.2-1b").scaling.factor == 32.0
     assert preset("pythia-6.9b").rotary_dim == 32
-    assert len(preset("phi-3.5-mini").method.long_factor) == 48
+    assert len(preset("phi-3.5-mini").scaling.long_factor) == 48
     assert preset("qwen2.5-7b-yarn").attention_factor == pytest.approx(1.1386294361119891)
 
 
@@ -101,5 +102,5 @@ def test_cli_inspect_every_preset(name: str, capsys: pytest.CaptureFixture[str])
     assert out.startswith(f"{name}: head_dim={config.head_dim} ")
     rows = [line for line in out.splitlines() if ROW.match(line)]
     assert len(rows) == config.n_pairs
-    if config.scaling is not None:
+    if not isinstance(config.scaling, Plain):
         assert f"attention factor: {config.attention_factor:.6g}" in out

@@ -1,6 +1,6 @@
 """Scaling methods: formulas from math, parity with Meta, properties, validation.
 
-Oracles: ``reference.inv_freq`` (the paper's formula in Python floats), Meta's
+Oracles: ``spec.inv_freq`` (the paper's formula in Python floats), Meta's
 ``apply_scaling`` (llama-models, Llama 3.1 and Llama 4), closed-form identities of each
 method, and transformers (in ``test_hf_config.py``).
 """
@@ -15,14 +15,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ropekit import RopeConfig, RopeValueError, RotaryEmbedding, inv_freq, reference
-from ropekit.frequencies.scaling import (
+from ropekit import RopeConfig, RopeValueError, RotaryEmbedding, inv_freq, spec
+from ropekit.scaling import (
     SCALINGS,
     Dynamic,
     Linear,
     Llama3,
     LongRope,
     Ntk,
+    Plain,
     Proportional,
     Scaling,
     Yarn,
@@ -46,7 +47,7 @@ def _phi_like(n: int) -> LongRope:
 
 
 ALL_METHODS: list[Scaling] = [
-    Scaling(),
+    Plain(),
     Linear(4.0),
     Ntk(8.0),
     Dynamic(2.0, max_position=4096),
@@ -104,7 +105,7 @@ def test_scaling_from_dict_errors_and_opt_out() -> None:
 @given(d=EVEN_DIMS, theta=THETAS, factor=FACTORS)
 def test_linear_is_default_over_factor(d: int, theta: float, factor: float) -> None:
     got, attn = Linear(factor).frequencies(d, theta, None, None)
-    torch.testing.assert_close(got, reference.inv_freq(d, theta) / factor, rtol=1e-15, atol=0)
+    torch.testing.assert_close(got, spec.inv_freq(d, theta) / factor, rtol=1e-15, atol=0)
     assert attn == 1.0
 
 
@@ -114,7 +115,7 @@ def test_ntk_slows_the_lowest_pair_by_alpha_and_keeps_the_highest(
 ) -> None:
     d = max(d, 4)
     got, _ = Ntk(alpha).frequencies(d, theta, None, None)
-    default = reference.inv_freq(d, theta)
+    default = spec.inv_freq(d, theta)
     assert float(got[0]) == 1.0
     # theta' ** (-(d-2)/d) = theta ** (-(d-2)/d) / alpha: the defining property of NTK.
     torch.testing.assert_close(got[-1], default[-1] / alpha, rtol=1e-13, atol=0)
@@ -128,7 +129,7 @@ def test_dynamic_is_the_ntk_formula_of_the_requested_length(
     got, attn = Dynamic(factor, max_pos).frequencies(d, theta, None, length)
     big = max(length, max_pos)
     base = theta * (factor * big / max_pos - (factor - 1)) ** (d / (d - 2))
-    torch.testing.assert_close(got, reference.inv_freq(d, base), rtol=1e-13, atol=0)
+    torch.testing.assert_close(got, spec.inv_freq(d, base), rtol=1e-13, atol=0)
     assert attn == 1.0
 
 
@@ -136,7 +137,7 @@ def test_dynamic_is_the_ntk_formula_of_the_requested_length(
 def test_dynamic_equals_default_up_to_max_position(
     d: int, theta: float, factor: float, length: int
 ) -> None:
-    default = Scaling().frequencies(d, theta, None, None)[0]
+    default = Plain().frequencies(d, theta, None, None)[0]
     assert torch.equal(Dynamic(factor, 4096).frequencies(d, theta, None, length)[0], default)
     assert torch.equal(Dynamic(factor, 4096).frequencies(d, theta, None, None)[0], default)
 
@@ -177,7 +178,7 @@ def test_dynamic_fixed_length_keeps_one_base_for_a_whole_generation() -> None:
 def test_yarn_and_llama3_lie_between_default_over_factor_and_default(
     d: int, theta: float, factor: float, omp: int
 ) -> None:
-    default = reference.inv_freq(d, theta)
+    default = spec.inv_freq(d, theta)
     for method in (Yarn(factor, omp), Yarn(factor, omp, truncate=False),
                    Llama3(factor, 1.0, 4.0, omp)):  # fmt: skip
         got, _ = method.frequencies(d, theta, None, None)
@@ -226,7 +227,7 @@ def test_attention_factor_defaults(method: Scaling, want: float) -> None:
 def test_longrope_switches_exactly_after_the_original_context() -> None:
     n, omp = 32, 4096
     method = _phi_like(n)
-    default = reference.inv_freq(2 * n, 10000.0)
+    default = spec.inv_freq(2 * n, 10000.0)
     short = default / torch.tensor(method.short_factor, dtype=torch.float64)
     long = default / torch.tensor(method.long_factor, dtype=torch.float64)
     for seq_len, want in [(None, short), (1, short), (omp, short), (omp + 1, long), (10**6, long)]:
@@ -240,7 +241,7 @@ def test_longrope_switches_exactly_after_the_original_context() -> None:
     factor = method.resolved_attention_factor()
 
     def rotated(freqs: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return factor * reference.apply(x[:, :, pos], pos, freqs)
+        return factor * spec.apply(x[:, :, pos], pos, freqs)
 
     last = torch.tensor([omp - 1])
     q_short, _ = rope(x[:, :, last], x[:, :, last], offset=omp - 1)
@@ -260,7 +261,7 @@ def test_proportional_rotates_the_first_pairs_at_full_head_frequencies(
 ) -> None:
     got, _ = Proportional(p, factor).frequencies(d, theta, None, None)
     k = int(p * d // 2)
-    torch.testing.assert_close(got[:k], reference.inv_freq(d, theta)[:k] / factor,
+    torch.testing.assert_close(got[:k], spec.inv_freq(d, theta)[:k] / factor,
                                rtol=1e-15, atol=0)  # fmt: skip
     assert bool((got[k:] == 0).all())
 
@@ -387,7 +388,7 @@ def test_equal_band_edges_are_a_legal_step() -> None:
     for method in (yarn, llama):
         got, _ = method.frequencies(128, 500000.0, None, None)
         assert bool(torch.isfinite(got).all())
-    default = reference.inv_freq(128, 500000.0)
+    default = spec.inv_freq(128, 500000.0)
     got, _ = llama.frequencies(128, 500000.0, None, None)
     long = 2 * math.pi / default > 8192
     assert 0 < int(long.sum()) < 64

@@ -11,7 +11,7 @@ on a CPU its test stops at AOTAutograd's joint graph (the kernel in the forward 
 backward), on a GPU it runs. The > 2**31-element test needs a GPU.
 
 Oracles never use the code under test: expected values are RoFormer's explicit float64
-rotation matrices (:func:`ropekit.reference.apply`) at token positions worked out by
+rotation matrices (:func:`ropekit.spec.apply`) at token positions worked out by
 Python loops, or (random tables, no positions) the formula written out here in float64;
 tables are built here from the frequencies in float64. Tolerances: ``tests/conftest.py``.
 """
@@ -33,7 +33,7 @@ if not CUDA:  # must precede the first import of triton (conftest.py sets it too
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import ropekit  # noqa: E402
-from ropekit import apply_rope, apply_rope_, apply_rope_qk, apply_rope_qk_, reference  # noqa: E402
+from ropekit import apply_rope, apply_rope_qk, spec  # noqa: E402
 from ropekit.apply.triton import ops, plan  # noqa: E402
 from tests.conftest import TOL  # noqa: E402
 
@@ -90,7 +90,7 @@ def exact(x, rows, layout: str, interleaved: bool = False, sign: int = 1, freqs=
     """RoFormer's float64 rotation matrices at ``rows`` (``[t]`` packed, else ``[b][s]``),
     in ``x``'s layout; ``sign=-1`` rotates by ``-θ``. NaNs (planted in pass-through lanes,
     which are compared bitwise instead) are zeroed first: a matrix product spreads them."""
-    rotate = functools.partial(reference.apply, freqs=freqs, interleaved=interleaved)
+    rotate = functools.partial(spec.apply, freqs=freqs, interleaved=interleaved)
     x = x.detach().double().cpu().nan_to_num(0.0)
     if layout == "thd":
         return rotate(x.transpose(0, 1), torch.tensor(rows) * sign).transpose(0, 1)
@@ -192,8 +192,8 @@ def qk(layout: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, to
 @pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
 @pytest.mark.parametrize("case", CASES)
 def test_qk_plain_out_and_in_place(case, interleaved, dtype) -> None:
-    """apply_rope_qk (new outputs, then out= into strided buffers) and apply_rope_qk_ (in
-    place) against the rotation matrices; inputs untouched, pass-through lanes bitwise."""
+    """apply_rope_qk (new outputs, then out= into strided buffers, then inplace=True)
+    against the rotation matrices; inputs untouched, pass-through lanes bitwise."""
     layout, kw, rows = _case(case, dtype)
     kw.update(layout=layout, interleaved=interleaved, backend="triton")
     q, k = qk(layout, dtype)
@@ -218,7 +218,7 @@ def test_qk_plain_out_and_in_place(case, interleaved, dtype) -> None:
 
     # in place: the same values, in q's and k's own memory
     q2, k2 = q.clone(), k.clone()
-    got = apply_rope_qk_(q2, k2, **kw)
+    got = apply_rope_qk(q2, k2, **kw, inplace=True)
     assert got[0] is q2 and got[1] is k2
     for y, x, w in zip((q2, k2), (q, k), want, strict=True):
         close(y[..., : 2 * N], w[..., : 2 * N], dtype)
@@ -234,7 +234,7 @@ def test_single_tensor_plain_and_in_place(case, interleaved) -> None:
     want = exact(x, rows, layout, interleaved)
     close(apply_rope(x, **kw)[..., : 2 * N], want[..., : 2 * N], torch.float32)
     y = x.clone()
-    assert apply_rope_(y, **kw) is y
+    assert apply_rope(y, **kw, inplace=True) is y
     close(y[..., : 2 * N], want[..., : 2 * N], torch.float32)
     assert torch.equal(bits(y[..., 2 * N :]), bits(x[..., 2 * N :]))
 
@@ -249,7 +249,7 @@ def test_inverse_rotates_by_minus_theta(case, interleaved, dtype) -> None:
     for y, x in zip(apply_rope_qk(q, k, **kw), (q, k), strict=True):
         close(y[..., : 2 * N], exact(x, rows, layout, interleaved, sign=-1)[..., : 2 * N], dtype)
     q2, k2 = q.clone(), k.clone()
-    apply_rope_qk_(q2, k2, **kw)
+    apply_rope_qk(q2, k2, **kw, inplace=True)
     close(q2[..., : 2 * N], exact(q, rows, layout, interleaved, sign=-1)[..., : 2 * N], dtype)
 
 
@@ -331,7 +331,7 @@ def test_random_shapes_strides_and_table_broadcasts(args) -> None:
     y = apply_rope(x, cos, sin, interleaved=interleaved, backend="triton")
     close(y, rope64(x, cos, sin, interleaved), torch.float32)
     z = x.clone()
-    apply_rope_(z, cos, sin, interleaved=interleaved, backend="triton")
+    apply_rope(z, cos, sin, interleaved=interleaved, backend="triton", inplace=True)
     close(z, rope64(x, cos, sin, interleaved), torch.float32)
 
 
@@ -375,7 +375,7 @@ def test_in_place_on_views_gives_the_base_its_gradient(interleaved) -> None:
 
     base = base0.clone().requires_grad_()
     qkv = base * 1.0  # a non-leaf, as a projection's output is
-    q, k = apply_rope_qk_(qkv[:, :, 0], qkv[:, :, 1], **kw)
+    q, k = apply_rope_qk(qkv[:, :, 0], qkv[:, :, 1], **kw, inplace=True)
     assert q._base is qkv and k._base is qkv
     (qkv * w).sum().backward()
     close(qkv[:, :, 0], exact(base0[:, :, 0], rows, layout, interleaved), torch.float32)
@@ -395,7 +395,7 @@ def test_in_place_on_views_gives_the_base_its_gradient(interleaved) -> None:
     wide0 = rand(T, HQ, 2 * D, seed=13)
     wide = wide0.clone().requires_grad_()
     h = wide * 1.0
-    apply_rope_(h[..., :D], layout=layout, interleaved=interleaved, backend="triton", **kw)
+    apply_rope(h[..., :D], layout=layout, interleaved=interleaved, backend="triton", **kw, inplace=True)
     g = rand(T, HQ, 2 * D, seed=14)
     h.backward(g)
     close(wide.grad[..., :D], exact(g[..., :D], rows, layout, interleaved, sign=-1),
@@ -462,10 +462,10 @@ def test_one_launch_per_qk_call(recorder) -> None:
             qt, kt, layout="thd", backend="triton", out=(torch.empty_like(qt), torch.empty_like(kt)),
             **kw_cu,
         ),
-        "qk_ thd": lambda: apply_rope_qk_(qt.clone(), kt.clone(), layout="thd", backend="triton",
-                                          **kw_cu),
-        "qk_ fused views": lambda: apply_rope_qk_(fused[:, :, 0], fused[:, :, 1], layout="bshd",
-                                                  backend="triton", **kw_bs),
+        "qk_ thd": lambda: apply_rope_qk(qt.clone(), kt.clone(), layout="thd", backend="triton",
+                                          **kw_cu, inplace=True),
+        "qk_ fused views": lambda: apply_rope_qk(fused[:, :, 0], fused[:, :, 1], layout="bshd",
+                                                  backend="triton", **kw_bs, inplace=True),
     }  # fmt: skip
     for name, call in calls.items():
         recorder.launches.clear()
@@ -486,7 +486,7 @@ def test_one_launch_per_qk_call(recorder) -> None:
     base = fused.clone().requires_grad_()
     qkv = base * 1.0
     recorder.launches.clear()
-    q, k = apply_rope_qk_(qkv[:, :, 0], qkv[:, :, 1], layout="bshd", backend="triton", **kw_bs)
+    q, k = apply_rope_qk(qkv[:, :, 0], qkv[:, :, 1], layout="bshd", backend="triton", **kw_bs, inplace=True)
     assert len(recorder.launches) == 1
     (q.sum() + k.sum()).backward()
     # The dispatcher gives each tensor rotated in place its own autograd node (torch lets a

@@ -1,37 +1,25 @@
 """ropekit: exact, fast, verified Rotary Position Embedding (RoPE) for PyTorch.
 
+The top level holds what a newcomer needs: :class:`RopeConfig`, :class:`RotaryEmbedding`,
+:func:`apply_rope` / :func:`apply_rope_qk` (``inplace=True`` to rotate in place),
+:func:`cos_sin` and :func:`inv_freq`, :func:`preset` / :data:`PRESETS`, :class:`Backend`,
+:class:`RopeValueError` and :data:`LAYOUTS`. The rest lives in submodules:
+:mod:`ropekit.scaling` (the context-extension methods), :mod:`ropekit.spec` (the float64
+specification everything is tested against), :mod:`ropekit.positions`,
+:mod:`ropekit.hf` (Hugging Face configs, tables and patching) and :mod:`ropekit.layout`
+(converting weights between the pair layouts).
+
 Notation used in every docstring: ``b`` batch, ``h`` heads (``h_q``/``h_k`` for queries
 and keys), ``s`` sequence length, ``t`` packed tokens (``[t, h, d]``), ``d`` head dim, ``n`` rotated
 pairs (``d // 2`` or ``rotary_dim // 2``), ``R`` rows of a position-indexed cos/sin table,
 ``*P`` the shape of a positions tensor.
 """
 
-from . import reference
-from .apply import (
-    Backend,
-    apply_rope,
-    apply_rope_,
-    apply_rope_qk,
-    apply_rope_qk_,
-    apply_rotary_pos_emb,
-)
+from . import hf, layout, positions, scaling, spec
+from .apply import LAYOUTS, Backend, apply_rope, apply_rope_qk
 from .config import RopeConfig
 from .errors import RopeValueError
-from .frequencies import (
-    SCALINGS,
-    Dynamic,
-    Linear,
-    Llama3,
-    LongRope,
-    Ntk,
-    Proportional,
-    Scaling,
-    Yarn,
-    inv_freq,
-    inv_freq_half_index,
-    scaling_from_dict,
-)
-from .layout import to_half_layout, to_interleaved_layout
+from .frequencies import inv_freq
 from .modules import RotaryEmbedding
 from .presets import PRESETS, preset
 from .tables import cos_sin
@@ -39,31 +27,20 @@ from .tables import cos_sin
 __version__ = "0.1.0"
 
 __all__ = [
+    "LAYOUTS",
     "PRESETS",
-    "SCALINGS",
     "Backend",
-    "Dynamic",
-    "Linear",
-    "Llama3",
-    "LongRope",
-    "Ntk",
-    "Proportional",
     "RopeConfig",
     "RopeValueError",
     "RotaryEmbedding",
-    "Scaling",
-    "Yarn",
     "apply_rope",
-    "apply_rope_",
     "apply_rope_qk",
-    "apply_rope_qk_",
-    "apply_rotary_pos_emb",
     "cos_sin",
+    "hf",
     "inv_freq",
-    "inv_freq_half_index",
+    "layout",
+    "positions",
     "preset",
-    "reference",
-    "scaling_from_dict",
-    "to_half_layout",
-    "to_interleaved_layout",
+    "scaling",
+    "spec",
 ]

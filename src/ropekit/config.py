@@ -6,14 +6,14 @@ Reading and writing Hugging Face configs is :mod:`ropekit.hf` (``ropekit.hf.from
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from .errors import RopeValueError, check_bool, check_float, check_int, check_tensor
 from .frequencies.base import rotary_lanes
-from .frequencies.scaling import Scaling
+from .frequencies.scaling import Plain, Scaling
 from .frequencies.temperature import Llama4Temperature
 from .tables.cos_sin import cos_sin
 
@@ -31,8 +31,9 @@ class RopeConfig:
             ``None`` rotates all ``2 * (head_dim // 2)`` of them.
         interleaved: pair lanes ``(2i, 2i+1)`` (GPT-J/Meta) instead of ``(i, i + n)``
             (GPT-NeoX/Hugging Face).
-        scaling: a context-extension method (:mod:`ropekit.frequencies.scaling`);
-            ``None`` is plain RoPE.
+        scaling: a context-extension method (:mod:`ropekit.scaling`); always one:
+            ``None`` (accepted by the constructor) is stored as plain RoPE,
+            :class:`ropekit.scaling.Plain`.
         max_position: the context length the model is configured for (informational for
             plain RoPE; some scaling methods need it).
         temperature: a position-dependent multiplier of the *queries* that some models
@@ -50,7 +51,7 @@ class RopeConfig:
     theta: float = 10000.0
     rotary_dim: int | None = None
     interleaved: bool = False
-    scaling: Scaling | None = None
+    scaling: Scaling = field(default_factory=Plain)
     max_position: int | None = None
     temperature: Llama4Temperature | None = None
 
@@ -62,10 +63,12 @@ class RopeConfig:
         rotary_lanes(self.head_dim, self.rotary_dim)
         set_(self, "theta", check_float("theta", self.theta, positive=True))
         check_bool("interleaved", self.interleaved)
-        if self.scaling is not None and not isinstance(self.scaling, Scaling):
+        if self.scaling is None:
+            set_(self, "scaling", Plain())
+        elif not isinstance(self.scaling, Scaling):
             raise RopeValueError(
                 f"scaling={self.scaling!r} is not allowed: expected None or a ropekit Scaling "
-                "instance (see ropekit.SCALINGS)"
+                "instance (see ropekit.scaling.SCALINGS)"
             )
         if self.max_position is not None:
             set_(self, "max_position", check_int("max_position", self.max_position, minimum=1))
@@ -78,7 +81,7 @@ class RopeConfig:
         # the model's shape, base and context (pair counts of LongRoPE lists, original
         # context not longer than max_position, YaRN's theta > 1, frequencies that stay
         # inside float64's range for this theta and head size, ...).
-        self.method.check_config(
+        self.scaling.check_config(
             self.head_dim, self.rotary_dim, self.max_position, theta=self.theta
         )
 
@@ -86,11 +89,6 @@ class RopeConfig:
     def n_pairs(self) -> int:
         """Number of rotated pairs ``n = (rotary_dim or head_dim) // 2``."""
         return rotary_lanes(self.head_dim, self.rotary_dim) // 2
-
-    @property
-    def method(self) -> Scaling:
-        """The scaling method, plain RoPE (:class:`Scaling`) when ``scaling`` is None."""
-        return self.scaling if self.scaling is not None else Scaling()
 
     def frequencies(self, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
         """``(inv_freq [n] float64, attention_factor)`` for a sequence of ``seq_len`` tokens.
@@ -100,7 +98,7 @@ class RopeConfig:
         """
         if seq_len is not None:
             check_int("seq_len", seq_len, minimum=1)
-        return self.method.frequencies(self.head_dim, self.theta, self.rotary_dim, seq_len)
+        return self.scaling.frequencies(self.head_dim, self.theta, self.rotary_dim, seq_len)
 
     def inv_freq(self, seq_len: int | None = None) -> torch.Tensor:
         """Inverse frequencies ``[n]`` (float64); see :meth:`frequencies`."""

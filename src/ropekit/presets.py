@@ -54,7 +54,7 @@ _LLAMA32 = Llama3(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
 #: name -> RopeConfig
 PRESETS: dict[str, RopeConfig] = {
     # Llama 2: head_dim 4096/32, theta 1e4, 4k context; Meta's checkpoints are interleaved,
-    # the Hugging Face conversion is half-split (see ropekit.to_half_layout).
+    # the Hugging Face conversion is half-split (see ropekit.layout.to_half_layout).
     "llama-2-7b": RopeConfig(head_dim=128, theta=10000.0, max_position=4096),
     # Vicuna v1.5 16k: Llama 2 with position interpolation x4 (linear).
     "vicuna-7b-v1.5-16k": RopeConfig(

@@ -8,7 +8,7 @@ autograd Function in ``autograd``) → the kernels: ``formula`` (the torch formu
 use.
 """
 
-from .api import apply_rope, apply_rope_, apply_rope_qk, apply_rope_qk_, apply_rotary_pos_emb
+from .api import apply_rope, apply_rope_qk
 from .checks import LAYOUTS
 from .dispatch import Backend
 from .formula import compute_dtype
@@ -17,9 +17,6 @@ __all__ = [
     "LAYOUTS",
     "Backend",
     "apply_rope",
-    "apply_rope_",
     "apply_rope_qk",
-    "apply_rope_qk_",
-    "apply_rotary_pos_emb",
     "compute_dtype",
 ]

@@ -31,9 +31,9 @@ Every function takes ``backend`` (:class:`ropekit.Backend` or its string value; 
 tensors' device. All compute the same rotation: products and sums in float32 for
 half-precision inputs (in ``x.dtype`` otherwise), rounded once to ``x.dtype``.
 
-The input is never modified, except by the in-place variants (``apply_rope_``,
-``apply_rope_qk_``), whose names end in ``_`` as torch's do. They are autograd-safe,
-views included: the gradient of a rotation needs only the tables.
+The input is never modified, except with ``inplace=True``, which overwrites it and
+returns it. In place is autograd-safe, views included: the gradient of a rotation needs
+only the tables. ``out=`` writes a separate buffer (not differentiable, as torch's).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from ..errors import RopeValueError, check_int
 from .checks import check_call, from_canonical
 from .dispatch import Backend, rotate
 
-__all__ = ["apply_rope", "apply_rope_", "apply_rope_qk", "apply_rope_qk_", "apply_rotary_pos_emb"]
+__all__ = ["apply_rope", "apply_rope_qk", "apply_rotary_pos_emb"]
 
 _Pos = torch.Tensor | None
 _Off = int | torch.Tensor | None
@@ -65,6 +65,7 @@ def apply_rope(
     inverse: bool = False,
     backend: Backend | str = "auto",
     out: torch.Tensor | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Rotate the first ``2n`` lanes of ``x`` (``n = cos.shape[-1]``) by the tables.
 
@@ -84,14 +85,21 @@ def apply_rope(
         interleaved: pair lanes ``(2i, 2i+1)`` (GPT-J/Meta) instead of ``(i, i+n)``.
         inverse: rotate by ``-θ`` (the conjugate rotation; undoes a rotation).
         backend: a :class:`ropekit.Backend` or its name.
-        out: optional tensor like ``x`` to write into; ``x`` itself means in place.
-            Memory overlapping ``x`` (other than ``x`` itself), the tables or itself is
+        out: optional separate tensor like ``x`` to write into. Memory overlapping ``x``
+            (``x`` itself included: use ``inplace=True``), the tables or itself is
             refused. Not differentiable (as torch's ``out=``).
+        inplace: overwrite ``x`` with its rotation and return it (saves the output
+            allocation; not together with ``out``). Autograd-safe, also for views (a
+            head slice of a fused ``[b, s, 3, h, d]`` buffer): the base tensor gets the
+            rotation's gradient in the view's lanes and the identity elsewhere. A leaf
+            that requires grad (or a view of one) is refused, as torch refuses in-place
+            ops on such leaves; so is a tensor whose elements share memory (``expand``),
+            which cannot be written element by element.
 
     Returns:
-        A tensor shaped and typed like ``x`` (``out`` if given); lanes past ``2n``
-        unchanged. Differentiable in ``x`` (and in the tables with ``backend="reference"``
-        or ``"auto"``).
+        A tensor shaped and typed like ``x`` (``out`` if given, ``x`` itself with
+        ``inplace=True``); lanes past ``2n`` unchanged. Differentiable in ``x`` (and in
+        the tables with ``backend="reference"`` or ``"auto"``).
 
     Example:
         >>> x = torch.tensor([1.0, 0.0, 5.0])
@@ -100,49 +108,20 @@ def apply_rope(
         >>> apply_rope(torch.tensor([0.0, 1.0]), torch.tensor([0.0]), torch.tensor([1.0]),
         ...            inverse=True)
         tensor([1., 0.])
-    """
-    call = check_call(
-        (x,), ("x",), cos, sin, positions=positions, offset=offset, cu_seqlens=cu_seqlens,
-        layout=layout, interleaved=interleaved, inverse=inverse,
-        out=None if out is None else (out,),
-    )  # fmt: skip
-    (y,) = rotate(call, backend)
-    return out if out is not None else from_canonical(y, layout)
-
-
-def apply_rope_(
-    x: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    *,
-    positions: _Pos = None,
-    offset: _Off = None,
-    cu_seqlens: _Pos = None,
-    layout: str = "bhsd",
-    interleaved: bool = False,
-    inverse: bool = False,
-    backend: Backend | str = "auto",
-) -> torch.Tensor:
-    """In-place :func:`apply_rope`: overwrite ``x`` with its rotation and return it.
-
-    Saves the output allocation. Autograd-safe, also for views (a head slice of a fused
-    ``[b, s, 3, h, d]`` buffer): the base tensor gets the rotation's gradient in the
-    view's lanes and the identity elsewhere. A leaf that requires grad (or a view of
-    one) is refused, as torch refuses in-place ops on such leaves; so is a tensor whose
-    elements share memory (``expand``), which cannot be written element by element.
-
-    Example:
         >>> x = torch.tensor([[1.0, 0.0]])
-        >>> _ = apply_rope_(x, torch.tensor([0.0]), torch.tensor([1.0]))
+        >>> _ = apply_rope(x, torch.tensor([0.0]), torch.tensor([1.0]), inplace=True)
         >>> x
         tensor([[0., 1.]])
     """
     call = check_call(
         (x,), ("x",), cos, sin, positions=positions, offset=offset, cu_seqlens=cu_seqlens,
-        layout=layout, interleaved=interleaved, inverse=inverse, inplace=True,
+        layout=layout, interleaved=interleaved, inverse=inverse,
+        out=None if out is None else (out,), inplace=inplace,
     )  # fmt: skip
-    rotate(call, backend)
-    return x
+    (y,) = rotate(call, backend)
+    if inplace:
+        return x
+    return out if out is not None else from_canonical(y, layout)
 
 
 def apply_rope_qk(
@@ -159,6 +138,7 @@ def apply_rope_qk(
     inverse: bool = False,
     backend: Backend | str = "auto",
     out: Sequence[torch.Tensor] | None = None,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate queries and keys by the same tables in one call.
 
@@ -172,10 +152,15 @@ def apply_rope_qk(
             device; equal ``b`` and ``s`` (or ``t``) when positions are given.
         cos, sin, positions, offset, cu_seqlens, layout, interleaved, inverse, backend:
             as in :func:`apply_rope`.
-        out: optional pair ``(q_out, k_out)`` to write into (see :func:`apply_rope`).
+        out: optional pair ``(q_out, k_out)`` of separate buffers to write into (see
+            :func:`apply_rope`).
+        inplace: overwrite ``q`` and ``k`` and return them, autograd-safe for views as
+            in :func:`apply_rope`. ``q`` and ``k`` must not share memory (``k = q[:]``
+            would be rotated twice); disjoint slices of one fused ``qkv`` buffer are fine.
 
     Returns:
-        ``(q_rot, k_rot)`` shaped and typed like ``q`` and ``k``.
+        ``(q_rot, k_rot)`` shaped and typed like ``q`` and ``k`` (``out`` if given,
+        ``(q, k)`` themselves with ``inplace=True``).
 
     Example:
         >>> import ropekit
@@ -191,40 +176,14 @@ def apply_rope_qk(
     call = check_call(
         (q, k), ("q", "k"), cos, sin, positions=positions, offset=offset,
         cu_seqlens=cu_seqlens, layout=layout, interleaved=interleaved, inverse=inverse, out=out,
+        inplace=inplace,
     )  # fmt: skip
     yq, yk = rotate(call, backend)
+    if inplace:
+        return q, k
     if out is not None:
         return out[0], out[1]
     return from_canonical(yq, layout), from_canonical(yk, layout)
-
-
-def apply_rope_qk_(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    *,
-    positions: _Pos = None,
-    offset: _Off = None,
-    cu_seqlens: _Pos = None,
-    layout: str = "bhsd",
-    interleaved: bool = False,
-    inverse: bool = False,
-    backend: Backend | str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """In-place :func:`apply_rope_qk`: overwrite ``q`` and ``k``; returns them.
-
-    One kernel call for both (one Triton launch on CUDA), autograd-safe for views as
-    :func:`apply_rope_`. ``q`` and ``k`` must not share memory (``k = q[:]`` would be
-    rotated twice); disjoint slices of one fused ``qkv`` buffer are fine.
-    """
-    call = check_call(
-        (q, k), ("q", "k"), cos, sin, positions=positions, offset=offset,
-        cu_seqlens=cu_seqlens, layout=layout, interleaved=interleaved, inverse=inverse,
-        inplace=True,
-    )  # fmt: skip
-    rotate(call, backend)
-    return q, k
 
 
 def apply_rotary_pos_emb(

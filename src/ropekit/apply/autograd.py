@@ -8,7 +8,7 @@ backward works too. Tables are not differentiated here (the ``reference`` backen
 torch ops, does that).
 
 Why the inputs are the first tensor arguments: for an in-place rotation of a *view*
-(``apply_rope_(qkv[:, :, 0], ...)``) torch treats the first tensor input of a Function
+(``apply_rope(qkv[:, :, 0], ..., inplace=True)``) torch treats the first tensor input of a Function
 that marks it dirty as the view being modified, and rebases the view's base on the
 Function's backward. Tables first made torch rebase the wrong tensor, so the rest of the
 base got no gradient. The tables therefore travel inside :class:`Job`, a plain object

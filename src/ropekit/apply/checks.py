@@ -27,8 +27,8 @@ Two ways to give the angles (never guessed from shapes):
 Memory rules (eager calls; ``torch.compile`` cannot trace data pointers): an in-place
 target must not overlap itself (``expand``-ed or ``as_strided`` tensors), the tables or
 another target (``q`` and a view of ``q``); an ``out`` tensor must not overlap itself, the
-tables, another output or an input other than its own (``out=x`` is in place). Overlap
-between two tensors is decided exactly for views of one buffer with the same strides
+tables, another output or any input (``out=x`` is refused: in place is ``inplace=True``).
+Overlap between two tensors is decided exactly for views of one buffer with the same strides
 (fused ``qkv`` slices are fine) and conservatively, by byte ranges, otherwise.
 """
 
@@ -263,12 +263,20 @@ def _check_memory(
         if inplace:
             continue
         for j, (x, xname) in enumerate(zip(inputs, input_names, strict=True)):
-            same = j == i and t.data_ptr() == x.data_ptr() and t.stride() == x.stride()
-            if not same and (_overlap(t, x) if not _self_overlaps(x) else _span_overlap(t, x)):
+            if j == i and t.data_ptr() == x.data_ptr() and t.stride() == x.stride():
+                raise _out_is_input(name, xname)
+            if _overlap(t, x) if not _self_overlaps(x) else _span_overlap(t, x):
                 raise RopeValueError(
-                    f"{name} overlaps {xname} in memory: expected separate memory, or "
-                    f"{input_names[i]} itself for an in-place rotation"
+                    f"{name} overlaps {xname} in memory: expected separate memory (for an "
+                    "in-place rotation pass inplace=True instead of out=)"
                 )
+
+
+def _out_is_input(oname: str, name: str) -> RopeValueError:
+    return RopeValueError(
+        f"{oname} is {name} itself: out= takes a separate buffer; to rotate {name} in place "
+        "pass inplace=True (without out=)"
+    )
 
 
 def _span_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -363,8 +371,15 @@ def check_call(
                 sin = sin.reshape(cos.shape)
             cos, sin = _canonical(cos, layout), _canonical(sin, layout)
 
+    if inplace is not True and inplace is not False:
+        _flag("inplace", inplace)
     outs = None
     if out is not None:
+        if inplace:
+            raise RopeValueError(
+                "inplace=True and out= are not allowed together: expected one of them "
+                "(inplace=True writes the inputs, out= a separate buffer)"
+            )
         if len(out) != len(checked):
             raise RopeValueError(
                 f"out has {len(out)} tensors: expected {len(checked)} ({', '.join(names)})"
@@ -373,6 +388,8 @@ def check_call(
         outs_user = []
         for o, x, oname, name in zip(out, checked, out_names, names, strict=True):
             o = _tensor(oname, o)
+            if o is x:
+                raise _out_is_input(oname, name)
             if o.shape != x.shape or o.dtype != x.dtype or o.device != x.device:
                 raise RopeValueError(
                     f"{oname} of shape {tuple(o.shape)}, dtype {o.dtype} on {o.device} is not "

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..apply.api import apply_rope_qk, apply_rope_qk_
+from ..apply.api import apply_rope_qk
 from ..config import RopeConfig
 from ..frequencies.base import inv_freq
 from ..modules.rotary import RotaryEmbedding
@@ -220,7 +220,7 @@ def _ropekit_inplace(inp: _Inputs) -> Step | str:
     qb.copy_(inp.q)
     kb.copy_(inp.k)
     c, s = inp.cos, inp.sin
-    return lambda: apply_rope_qk_(qb, kb, c, s)
+    return lambda: apply_rope_qk(qb, kb, c, s, inplace=True)
 
 
 def _ropekit_module(inp: _Inputs) -> Step | str:

@@ -30,7 +30,7 @@ import torch
 
 from ..config import RopeConfig
 from ..errors import RopeValueError
-from ..frequencies.scaling import Scaling
+from ..frequencies.scaling import Plain, Scaling
 from ..hf.config import from_hf
 from ..presets import PRESETS, preset
 from ..tables.cos_sin import cos_sin
@@ -78,9 +78,9 @@ class ScaleRow:
 
 def scale_rows(config: RopeConfig, seq_len: int | None) -> list[ScaleRow]:
     """Per pair: the unscaled wavelength, the stretch and (if defined) the ramp."""
-    base = Scaling().frequencies(config.head_dim, config.theta, config.rotary_dim, None)[0]
+    base = Plain().frequencies(config.head_dim, config.theta, config.rotary_dim, None)[0]
     scaled = config.inv_freq(seq_len)
-    ramp = config.method.ramp(config.head_dim, config.theta, config.rotary_dim)
+    ramp = config.scaling.ramp(config.head_dim, config.theta, config.rotary_dim)
     rows = []
     for i, (f0, f) in enumerate(zip(base.tolist(), scaled.tolist(), strict=True)):
         stretch = f0 / f if f > 0 else math.inf
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     context = args.context if args.context is not None else (config.max_position or DEFAULT_CONTEXT)
     if context < 1:
         raise RopeValueError(f"--context={context} is not allowed: expected a positive int")
-    method = config.method
+    method = config.scaling
     seq_len = context if method.depends_on_seq_len else None
     freqs, attention = config.frequencies(seq_len)
     rows = pair_rows(freqs, context)
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         f"theta={config.theta:g} pairs={config.n_pairs} "
         f"layout={'interleaved' if config.interleaved else 'half'} context={context}"
     )
-    scaled = None if type(method) is Scaling else scale_rows(config, seq_len)
+    scaled = None if isinstance(method, Plain) else scale_rows(config, seq_len)
     if scaled is None:
         print(f"{'pair':>4} {'inv_freq':>12} {'wavelength':>13} {'turns in L':>12}")
         for r in rows:

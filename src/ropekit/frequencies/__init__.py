@@ -1,6 +1,6 @@
 """Frequency math: the unscaled spectrum and the context-extension methods."""
 
-from .base import MAX_EXACT_POSITION, inv_freq, inv_freq_half_index, rotary_lanes
+from .base import MAX_EXACT_POSITION, inv_freq, rotary_lanes
 from .scaling import (
     MULTI_AXIS_KEYS,
     SCALINGS,
@@ -9,6 +9,7 @@ from .scaling import (
     Llama3,
     LongRope,
     Ntk,
+    Plain,
     Proportional,
     Scaling,
     Yarn,
@@ -27,11 +28,11 @@ __all__ = [
     "Llama4Temperature",
     "LongRope",
     "Ntk",
+    "Plain",
     "Proportional",
     "Scaling",
     "Yarn",
     "inv_freq",
-    "inv_freq_half_index",
     "register",
     "rotary_lanes",
     "scaling_from_dict",

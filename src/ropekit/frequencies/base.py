@@ -7,7 +7,7 @@ Conventions
 -----------
 * Exponent ``2i / d`` (RoFormer eq. 15, Meta's ``arange(0, d, 2)[: d // 2] / d``).
   For even ``d`` this is bit-identical to the older "half index" formula
-  ``arange(0, d // 2) / (d // 2)`` (see :func:`inv_freq_half_index`).
+  ``arange(0, d // 2) / (d // 2)`` (see :func:`ropekit.spec.inv_freq_half_index`).
 * Odd ``head_dim`` (no ``rotary_dim``): ``n = head_dim // 2`` pairs with exponent
   ``2i / head_dim``; the last lane has no partner and passes through unrotated. This is
   what Meta's slicing ``[: d // 2]`` gives and what the LLMs-from-scratch study settled
@@ -26,7 +26,7 @@ import torch
 
 from ..errors import RopeValueError, check_float, check_float_dtype, check_int
 
-__all__ = ["MAX_EXACT_POSITION", "inv_freq", "inv_freq_half_index", "rotary_lanes"]
+__all__ = ["MAX_EXACT_POSITION", "inv_freq", "rotary_lanes"]
 
 #: Largest |position| for which float64 angles are exact integers times frequencies
 #: (every integer up to 2**53 is representable in float64).
@@ -100,17 +100,3 @@ def inv_freq(
             "powers theta ** (2i / d) are finite and > 0 (e.g. 1e-300 < theta < 1e300)"
         )
     return out.to(dtype)
-
-
-def inv_freq_half_index(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """The older formula ``1 / theta ** (arange(0, d // 2) / (d // 2))`` (float64).
-
-    Kept for comparison only. For even ``head_dim`` it equals :func:`inv_freq` bit for
-    bit (``2i / d == i / (d / 2)`` exactly in floating point, because ``d / 2`` is an
-    exact halving); for odd ``head_dim`` it uses exponent ``i / ((d - 1) / 2)``, the
-    spectrum of a ``d - 1`` lane head, so its frequencies are lower than the paper's.
-    """
-    check_int("head_dim", head_dim, minimum=2)
-    theta = _check_theta(theta)
-    n = head_dim // 2
-    return 1.0 / torch.pow(theta, torch.arange(n, dtype=torch.float64) / n)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -65,6 +66,7 @@ __all__ = [
     "Llama3",
     "LongRope",
     "Ntk",
+    "Plain",
     "Proportional",
     "Scaling",
     "Yarn",
@@ -189,19 +191,21 @@ def _build(
 
 
 @dataclass(frozen=True)
-class Scaling:
-    """Base of all scaling methods; on its own it is plain RoPE (no scaling).
+class Scaling(ABC):
+    """Abstract base of all scaling methods (plain RoPE is :class:`Plain`).
 
-    Subclasses override :meth:`frequencies` and, if their tables change with the
+    Subclasses implement :meth:`frequencies` and, if their tables change with the
     requested length, set ``depends_on_seq_len = True`` (or, like :class:`Dynamic`,
-    make it a property of the instance; read it from instances only).
+    make it a property of the instance; read it from instances only). Instantiating
+    ``Scaling`` itself raises ``TypeError``.
     """
 
-    name: ClassVar[str] = "default"
+    name: ClassVar[str]
     depends_on_seq_len: ClassVar[bool] = False
     #: Whether some pairs may get frequency 0 on purpose (they then never turn).
     zero_frequencies: ClassVar[bool] = False
 
+    @abstractmethod
     def frequencies(
         self, head_dim: int, theta: float, rotary_dim: int | None, seq_len: int | None
     ) -> tuple[torch.Tensor, float]:
@@ -211,7 +215,6 @@ class Scaling:
         is read only by methods with ``depends_on_seq_len``; ``None`` means "within the
         configured context".
         """
-        return base_inv_freq(head_dim, theta, rotary_dim=rotary_dim), 1.0
 
     def ramp(self, head_dim: int, theta: float, rotary_dim: int | None) -> torch.Tensor | None:
         """Per-pair interpolation weight ``r [n]`` in ``[0, 1]`` for methods that blend
@@ -261,10 +264,24 @@ class Scaling:
         return {"rope_type": self.name, **dataclasses.asdict(self)}
 
 
-register(Scaling)
-
-
 # --------------------------------------------------------------------------- methods
+
+
+@register
+@dataclass(frozen=True)
+class Plain(Scaling):
+    """Plain RoPE, no scaling: ``θ_i`` and attention factor 1 (``rope_type: default``).
+
+    What ``RopeConfig(scaling=None)`` means: a config's ``scaling`` is always a method,
+    this one when none is given.
+    """
+
+    name: ClassVar[str] = "default"
+
+    def frequencies(
+        self, head_dim: int, theta: float, rotary_dim: int | None, seq_len: int | None
+    ) -> tuple[torch.Tensor, float]:
+        return base_inv_freq(head_dim, theta, rotary_dim=rotary_dim), 1.0
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@
   and 5.x ``rope_parameters``, nested per layer type);
 * :mod:`ropekit.hf.models`: per-model-type knowledge (defaults without transformers,
   multi-axis models, the Llama 4 temperature, interleaved pairs);
-* :mod:`ropekit.hf.tables`: :class:`ExactRotaryEmbedding`, the Hugging Face-format
-  cos/sin tables module;
+* :mod:`ropekit.hf.tables`: :class:`RotaryTables`, the Hugging Face-format
+  cos/sin tables module (it returns tables and rotates nothing);
+* :func:`apply_rotary_pos_emb`: the drop-in for Hugging Face's function of that name
+  (defined in :mod:`ropekit.apply.api`);
 * :mod:`ropekit.hf.patching`: :func:`patch` / :func:`unpatch`, the per-model patch (the
   module is not called ``patch``, so that ``ropekit.hf.patch`` is the function).
 
@@ -14,6 +16,7 @@ The package imports :mod:`ropekit.config`, never the reverse. Importing it does 
 import ``transformers`` (that happens when a function needs it).
 """
 
+from ..apply.api import apply_rotary_pos_emb
 from .config import from_hf, to_hf
 from .patching import (
     SUPPORTED_MODEL_TYPES,
@@ -25,13 +28,14 @@ from .patching import (
     patched,
     unpatch,
 )
-from .tables import ExactRotaryEmbedding
+from .tables import RotaryTables
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "TRANSFORMERS_VERSIONS",
-    "ExactRotaryEmbedding",
+    "RotaryTables",
     "UnsupportedModelError",
+    "apply_rotary_pos_emb",
     "check_transformers_version",
     "from_hf",
     "is_patched",

@@ -31,7 +31,7 @@ The rules follow transformers' own (``modeling_rope_utils``):
   a missing YaRN / LongRoPE ``factor`` is ``max_position_embeddings /
   original_max_position_embeddings``;
 * legacy names: ``su`` (early Phi-3) and Phi-3's ``yarn`` mean ``longrope``; ``dynamic``
-  with an ``alpha`` is static NTK (:class:`~ropekit.frequencies.scaling.Ntk`);
+  with an ``alpha`` is static NTK (:class:`~ropekit.scaling.Ntk`);
 * ``llama_4_scaling_beta`` (Mistral 4, Ministral 3): Llama 4's query temperature
   (:class:`~ropekit.frequencies.Llama4Temperature`, ``RopeConfig.temperature``).
 
@@ -53,7 +53,15 @@ from typing import Any
 
 from ..config import RopeConfig
 from ..errors import RopeValueError, check_bool, check_float, check_int, is_int, is_real
-from ..frequencies.scaling import MULTI_AXIS_KEYS, SCALINGS, Dynamic, Ntk, Proportional, Scaling
+from ..frequencies.scaling import (
+    MULTI_AXIS_KEYS,
+    SCALINGS,
+    Dynamic,
+    Ntk,
+    Plain,
+    Proportional,
+    Scaling,
+)
 from ..frequencies.temperature import Llama4Temperature
 from . import models
 
@@ -658,10 +666,10 @@ def _build(cls: type[Scaling], fields: dict[str, Any]) -> Scaling:
 
 def _method(
     name: str, params: dict[str, Any], max_position: int | None, partial: float | None
-) -> Scaling | None:
+) -> Scaling:
     """The scaling method for Hugging Face ``params`` (the method's keys only)."""
     if name == "default":
-        return None
+        return Plain()
     if name in ("yarn", "longrope") and params.get("factor") is None:
         # transformers' default (YaRN as in DeepSeek-V3, LongRoPE as in Phi-3): the ratio
         # of the extended to the original context.
@@ -942,7 +950,7 @@ def to_hf(config: RopeConfig, *, version: int = 5) -> dict[str, Any]:
         raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
     if version not in (4, 5) or isinstance(version, bool):
         raise RopeValueError(f"version={version!r} is not allowed: expected 4 or 5")
-    method = config.method
+    method = config.scaling
     model: dict[str, Any] = {"rope_theta": config.theta}
     if config.rotary_dim is not None:
         fraction = config.rotary_dim / config.head_dim
@@ -993,7 +1001,7 @@ def to_hf(config: RopeConfig, *, version: int = 5) -> dict[str, Any]:
         out["rope_parameters"] = {"rope_type": rope_type, **model, **method_params}
     else:
         out.update(model)
-        default = type(method) is Scaling and config.temperature is None
+        default = isinstance(method, Plain) and config.temperature is None
         out["rope_scaling"] = None if default else method_params
     return out
 

@@ -20,7 +20,7 @@ keeps that code, so they keep their temperature.
 
 What :func:`patch` changes, and why this way
 ---------------------------------------------
-1. **Tables.** Each rotary module is replaced by an :class:`~ropekit.hf.ExactRotaryEmbedding`
+1. **Tables.** Each rotary module is replaced by an :class:`~ropekit.hf.RotaryTables`
    built from ``ropekit.hf.from_hf(model.config)``: angles ``m * inv_freq`` formed in
    float64 and rounded once, instead of Hugging Face's float32 angle (its spacing at
    ``m = 1e6`` is 0.0625 rad) and its ``inv_freq`` buffer (which
@@ -95,11 +95,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..apply import apply_rotary_pos_emb as hf_apply_rotary_pos_emb
+from ..apply.api import apply_rotary_pos_emb as hf_apply_rotary_pos_emb
 from ..config import RopeConfig
 from ..errors import RopeValueError
 from .config import from_hf
-from .tables import ExactRotaryEmbedding
+from .tables import RotaryTables
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -153,7 +153,7 @@ class UnsupportedModelError(RopeValueError):
 
 def _ropekit_apply(n_pairs: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """An ``apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)`` that calls ropekit's
-    drop-in (:func:`ropekit.apply_rotary_pos_emb`: one kernel call for q and k), after
+    drop-in (:func:`ropekit.hf.apply_rotary_pos_emb`: one kernel call for q and k), after
     checking that the tables have the patched model's pair count."""
 
     def apply_rotary_pos_emb(
@@ -334,7 +334,7 @@ def _check_frequencies(rope: RopeConfig, hf_config: Any, rotary_cls: type) -> No
             f"expected 'default' or one of {sorted(ROPE_INIT_FUNCTIONS)}"
         )
     lengths: list[int | None] = [None]
-    if rope.method.depends_on_seq_len:  # also the long-context table set
+    if rope.scaling.depends_on_seq_len:  # also the long-context table set
         lengths.append(2 * int(hf_config.max_position_embeddings))
     for seq_len in lengths:
         hf_freq, hf_factor = init(hf_config, **({} if seq_len is None else {"seq_len": seq_len}))
@@ -413,7 +413,7 @@ def patch(model: nn.Module) -> nn.Module:
         >>> patch(model) is model and is_patched(model)
         True
         >>> type(model.model.rotary_emb).__name__
-        'ExactRotaryEmbedding'
+        'RotaryTables'
         >>> unpatch(model) is model and not is_patched(model)
         True
     """
@@ -459,9 +459,9 @@ def patch(model: nn.Module) -> nn.Module:
         for name, child in parent._modules.items()
         if id(child) in rotary_ids
     ]
-    replacements: dict[int, ExactRotaryEmbedding] = {}
+    replacements: dict[int, RotaryTables] = {}
     for parent, name, child in swaps:
-        setattr(parent, name, replacements.setdefault(id(child), ExactRotaryEmbedding(rope)))
+        setattr(parent, name, replacements.setdefault(id(child), RotaryTables(rope)))
     scoped: list[tuple[nn.Module, Any]] = []
     for module in attention:
         scoped.append((module, module.__dict__.get("forward")))

@@ -1,9 +1,9 @@
-"""``ExactRotaryEmbedding``: Hugging Face-format cos/sin tables computed exactly.
+"""``RotaryTables``: Hugging Face-format cos/sin tables computed exactly (it rotates nothing).
 
 Notation: ``b`` batch, ``s`` sequence length, ``n`` rotated pairs.
 
 Hugging Face's ``<Family>RotaryEmbedding`` modules return ``cos, sin`` ``[b, s, 2n]`` (both
-halves equal) for ``position_ids`` ``[b, s]``; :class:`ExactRotaryEmbedding` returns the
+halves equal) for ``position_ids`` ``[b, s]``; :class:`RotaryTables` returns the
 same format from float64 angles rounded once, so it can stand in for them
 (:func:`ropekit.hf.patch` installs it).
 """
@@ -19,10 +19,10 @@ from ..errors import RopeValueError
 from ..modules.rotary import fixed_frequencies
 from ..tables import cos_sin
 
-__all__ = ["ExactRotaryEmbedding"]
+__all__ = ["RotaryTables"]
 
 
-class ExactRotaryEmbedding(nn.Module):
+class RotaryTables(nn.Module):
     """Drop-in replacement for a Hugging Face ``<Family>RotaryEmbedding`` module.
 
     ``forward(x, position_ids)`` returns ``(cos, sin)``, each ``[b, s, 2n]`` for
@@ -40,7 +40,7 @@ class ExactRotaryEmbedding(nn.Module):
             half-split (``interleaved=False``) as Hugging Face's ``rotate_half`` is.
 
     Example:
-        >>> rope = ExactRotaryEmbedding(RopeConfig(head_dim=8))
+        >>> rope = RotaryTables(RopeConfig(head_dim=8))
         >>> cos, sin = rope(torch.zeros(1, 3, 32), torch.arange(3)[None])
         >>> cos.shape, bool((cos[..., :4] == cos[..., 4:]).all())
         (torch.Size([1, 3, 8]), True)

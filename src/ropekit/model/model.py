@@ -54,7 +54,7 @@ class ModelConfig:
         max_seq_len: the context the model is trained at (``L``); it is the RoPE config's
             ``max_position``, the "original context" the scaling methods extend.
         rope_scaling: ``{"rope_type": name, **params}`` of a registered scaling method
-            (see :data:`ropekit.SCALINGS`), or ``None`` for plain RoPE.
+            (see :data:`ropekit.scaling.SCALINGS`), or ``None`` for plain RoPE.
     """
 
     vocab_size: int = 256

@@ -67,7 +67,7 @@ def fixed_frequencies(config: RopeConfig) -> tuple[torch.Tensor, float] | None:
     state to save. Built on the CPU even inside ``with torch.device("meta")``, so
     ``to_empty`` has nothing to re-initialise.
     """
-    if config.method.depends_on_seq_len:
+    if config.scaling.depends_on_seq_len:
         return None
     with torch.device("cpu"):
         return config.frequencies()
@@ -232,7 +232,7 @@ class RotaryEmbedding(nn.Module):
         self, rows: torch.Tensor, where: Positions, s: int, seq_len: int | None
     ) -> int | None:
         """The length for length-dependent scaling, without reading tensor data if possible."""
-        if not self.config.method.depends_on_seq_len:
+        if not self.config.scaling.depends_on_seq_len:
             return None
         if seq_len is not None:
             return check_int("seq_len", seq_len, minimum=1)
@@ -240,7 +240,7 @@ class RotaryEmbedding(nn.Module):
             return where.offset + s  # positions offset .. offset + s - 1
         if torch.compiler.is_compiling():
             raise RopeValueError(
-                f"scaling {self.config.method.name!r} needs the sequence length, which would be "
+                f"scaling {self.config.scaling.name!r} needs the sequence length, which would be "
                 "read from the positions tensor (a data-dependent graph break under "
                 "torch.compile): pass seq_len=max(position) + 1"
             )

@@ -270,8 +270,8 @@ def rotate_triton(
         inplace = (False,) * len(xs)
     else:
         ys = tuple(outs)
-        # out= may be a second view of x's own memory (out=x with layout='bshd'): the same
-        # as in place for the kernel, which then need not copy the lanes past 2n.
+        # outs may be the xs themselves (inplace=True) or views of their memory: in place
+        # for the kernel, which then need not copy the lanes past 2n.
         inplace = tuple(
             y is x or (y.data_ptr() == x.data_ptr() and y.stride() == x.stride())
             for x, y in zip(xs, ys, strict=True)

@@ -5,7 +5,8 @@ multiplied by the block-diagonal matrix ``R_m = diag(R(m θ_0), …, R(m θ_{n-1
 ``R(a) = [[cos a, -sin a], [sin a, cos a]]`` and ``θ_i = theta ** (-2i/d)``.
 
 This module builds those matrices explicitly and multiplies by them. It is slow on
-purpose: every fast path in ropekit is tested against it. Layouts differ only in which
+purpose: every fast path in ropekit is tested against it. (It is not the ``reference``
+backend, :attr:`ropekit.Backend.REFERENCE`, which is the formula in plain torch ops.) Layouts differ only in which
 lanes form pair ``i``: ``(2i, 2i+1)`` interleaved, ``(i, i+n)`` half-split; here that is
 a permutation of the matrix, not a different formula.
 
@@ -19,13 +20,33 @@ import math
 
 import torch
 
-__all__ = ["apply", "apply_complex", "inv_freq", "pair_indices", "rotation_matrix"]
+__all__ = [
+    "apply",
+    "apply_complex",
+    "inv_freq",
+    "inv_freq_half_index",
+    "pair_indices",
+    "rotation_matrix",
+]
 
 
 def inv_freq(d: int, theta: float = 10000.0, n_pairs: int | None = None) -> torch.Tensor:
     """``θ_i = theta ** (-2i/d)`` for ``i < n_pairs`` (default ``d // 2``), from Python floats."""
     n = d // 2 if n_pairs is None else n_pairs
     return torch.tensor([theta ** (-2.0 * i / d) for i in range(n)], dtype=torch.float64)
+
+
+def inv_freq_half_index(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """The older formula ``1 / theta ** (arange(0, d // 2) / (d // 2))`` (float64).
+
+    For comparison with :func:`ropekit.inv_freq` only. For even ``head_dim`` the two are
+    equal bit for bit (``2i / d == i / (d / 2)`` exactly in floating point, because
+    ``d / 2`` is an exact halving); for odd ``head_dim`` this one uses exponent
+    ``i / ((d - 1) / 2)``, the spectrum of a ``d - 1`` lane head, so its frequencies are
+    lower than the paper's.
+    """
+    n = head_dim // 2
+    return 1.0 / torch.pow(theta, torch.arange(n, dtype=torch.float64) / n)
 
 
 def pair_indices(n: int, interleaved: bool) -> list[tuple[int, int]]:
