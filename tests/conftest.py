@@ -58,3 +58,19 @@ def load_meta_functions(relpath: str, names: list[str]) -> dict[str, Any]:
     namespace: dict[str, Any] = {"torch": torch, "math": __import__("math")}
     exec(compile(ast.Module(body=wanted, type_ignores=[]), str(path), "exec"), namespace)
     return {name: namespace[name] for name in names}
+
+
+def tol_at(dtype: torch.dtype, positions: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
+    """``TOL[dtype]`` widened by what rounding the angle ``m θ`` to float64 can cost.
+
+    The float64 oracles (``ropekit.spec``) round ``m θ`` once too, so they are exact only
+    to ``|m θ| 2^-53`` rad: two correct computations of a float64 rotation (ropekit's
+    tables add the angle in two parts, ``hi θ + lo θ``) can differ by a few times
+    ``|m| 2^-53 |x|``. At ``|m| = 10^5`` that is ~1e-11, above the flat 1e-12; for
+    float32 and below it is far under the dtype's own rounding.
+    """
+    tol = dict(TOL[dtype])
+    if dtype == torch.float64 and positions.numel():
+        m = float(positions.abs().max())
+        tol["atol"] += 4 * m * 2.0**-53 * float(x.abs().max())
+    return tol

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import ropekit
 from ropekit import spec
 from ropekit.layout import half_from_interleaved_order
-from tests.conftest import TOL
+from tests.conftest import TOL, tol_at
 
 
 @st.composite
@@ -41,7 +41,7 @@ def test_matches_rotation_matrices(case) -> None:
     x, positions, freqs, interleaved = case
     got = rope64(x, positions, freqs, interleaved)
     want = spec.apply(x, positions, freqs, interleaved=interleaved)
-    torch.testing.assert_close(got, want, **TOL[torch.float64])
+    torch.testing.assert_close(got, want, **tol_at(torch.float64, positions, x))
 
 
 @given(rope_case())
@@ -49,7 +49,10 @@ def test_interleaved_matches_meta_complex_form(case) -> None:
     x, positions, freqs, _ = case
     width = 2 * len(freqs)
     got = rope64(x[..., :width], positions, freqs, True)
-    torch.testing.assert_close(got, spec.apply_complex(x[..., :width], positions, freqs), **TOL[torch.float64])
+    torch.testing.assert_close(
+        got, spec.apply_complex(x[..., :width], positions, freqs),
+        **tol_at(torch.float64, positions, x),
+    )  # fmt: skip
 
 
 @given(rope_case())

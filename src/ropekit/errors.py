@@ -54,6 +54,11 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
 
     Accepts ``int`` and numpy integers; refuses bools, floats (``4096.0``) and strings.
     """
+    if isinstance(value, torch.SymInt) or torch.compiler.is_compiling():
+        # Under torch.compile(dynamic=True) an int argument arrives as a symbol: comparing
+        # or indexing it here would specialise (or break) the graph. It was an int when
+        # the caller passed it; its range is checked where the value is used.
+        return value  # type: ignore[return-value]
     allowed = "an int" + (f" >= {minimum}" if minimum is not None else "")
     if not is_int(value):
         raise _fail(name, value, allowed)

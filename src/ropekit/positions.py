@@ -138,7 +138,7 @@ def token_positions(
         if doc is not None:
             return base + off[doc]  # one start position per document
         return base + off[:, None]  # one per batch row: [b, s]
-    return base + offset if offset else base
+    return base + offset
 
 
 @dataclass(frozen=True, eq=False)

@@ -189,8 +189,10 @@ def rotate(call: Call, backend: Backend | str) -> tuple[torch.Tensor, ...]:
     choice = backend if isinstance(backend, Backend) else parse_backend(backend)
     xs, outs, inplace = call.xs, call.outs, call.inplace
     if torch.compiler.is_compiling():
+        # The formula (Inductor fuses it), read directly: a lookup in _LOADED would make
+        # Dynamo guard on that dict, which grows as eager calls load kernels.
         if choice is not Backend.TRITON:
-            choice = Backend.REFERENCE
+            return _run_plain(call, rotate_reference, Backend.REFERENCE, functional=True)
         return _run_plain(call, load_kernel(choice), choice, functional=True)
 
     tables_need_grad = needs_grad = False

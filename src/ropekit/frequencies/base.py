@@ -93,7 +93,9 @@ def inv_freq(
     # A finite theta > 0 can still leave float64's range: theta = 5e-324 underflows
     # theta ** e to 0 (frequency inf), theta = 1e308 can push 1 / theta ** e below the
     # smallest subnormal (frequency 0, a pair that never turns).
-    if not bool((torch.isfinite(out) & (out > 0)).all()):
+    # (Not re-checked inside torch.compile, where reading the values would break the
+    # graph: the config that holds theta was built, and this check ran, outside it.)
+    if not torch.compiler.is_compiling() and not bool((torch.isfinite(out) & (out > 0)).all()):
         raise RopeValueError(
             f"theta={theta!r} is not allowed for d={d} lanes: its inverse frequencies "
             "theta ** (-2i / d) leave float64's range (inf or 0); expected a theta whose "

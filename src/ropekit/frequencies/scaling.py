@@ -129,11 +129,14 @@ def _ntk_exponent(d: int, method: str) -> float:
     return d / (d - 2)
 
 
-def _scaled_base(theta: float, ratio: float, d: int, what: str, method: str) -> float:
+def _scaled_base(theta: float, ratio: float, d: int, what: Any, method: str) -> float:
     """``theta * ratio ** (d / (d - 2))`` (NTK's new base), refusing a result beyond
     float64 instead of raising OverflowError (``alpha=1e300`` at ``d = 4``)."""
     exponent = _ntk_exponent(d, method)
-    if math.log(theta) + exponent * math.log(ratio) >= _LOG_MAX:
+    # Under torch.compile the length is a symbol, and math.log would specialise the graph
+    # on its value; there the check is left to the eager calls (same config, same rule).
+    if not torch.compiler.is_compiling() and math.log(theta) + exponent * math.log(ratio) >= _LOG_MAX:
+        what = what() if callable(what) else what  # formatted only here (see Dynamic.base)
         raise RopeValueError(
             f"{what} is not allowed with theta={theta!r} and d={d} lanes ({method!r} "
             f"scaling): the NTK base theta * {ratio!r} ** (d / (d - 2)) overflows float64; "
@@ -411,7 +414,9 @@ class Dynamic(Scaling):
             # Exactly theta: ``factor * L / L`` can be off by an ulp for a non-dyadic factor.
             return theta
         ratio = self.factor * length / self.max_position - (self.factor - 1)
-        return _scaled_base(theta, ratio, d, f"seq_len={length}", self.name)
+        # The message is built lazily: formatting a symbolic length under torch.compile
+        # would specialise the graph on its value.
+        return _scaled_base(theta, ratio, d, lambda: f"seq_len={length}", self.name)
 
     def frequencies(
         self, head_dim: int, theta: float, rotary_dim: int | None, seq_len: int | None
