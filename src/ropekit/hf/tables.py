@@ -11,18 +11,17 @@ same format from float64 angles rounded once, so it can stand in for them
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..apply import compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError
-from ..modules.rotary import fixed_frequencies
+from ..modules.rotary import KeptFrequencies
 from ..tables import cos_sin
 
 __all__ = ["RotaryTables"]
 
 
-class RotaryTables(nn.Module):
+class RotaryTables(KeptFrequencies):
     """Drop-in replacement for a Hugging Face ``<Family>RotaryEmbedding`` module.
 
     ``forward(x, position_ids)`` returns ``(cos, sin)``, each ``[b, s, 2n]`` for
@@ -33,7 +32,8 @@ class RotaryTables(nn.Module):
     from float64 angles, rounded once to ``compute_dtype(x.dtype)`` (float32 for float16,
     bfloat16 and float32 ``x``; float64 for float64). It holds no buffers (its float64
     frequencies are a plain attribute), so ``model.to(dtype)`` cannot degrade it, and
-    the result depends only on the arguments.
+    the result depends only on the arguments. Its frequencies follow ``model.to(device)``
+    (:class:`~ropekit.modules.rotary.KeptFrequencies`).
 
     Args:
         config: the model's rotary embedding (``ropekit.hf.from_hf(model.config)``);
@@ -47,21 +47,12 @@ class RotaryTables(nn.Module):
     """
 
     def __init__(self, config: RopeConfig) -> None:
-        super().__init__()
-        if not isinstance(config, RopeConfig):
-            raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
-        if config.interleaved:
+        if isinstance(config, RopeConfig) and config.interleaved:
             raise RopeValueError(
                 "config.interleaved=True is not allowed: Hugging Face's rotate_half pairs lanes "
                 "(i, i + n), expected interleaved=False"
             )
-        self._config = config
-        self._frequencies = fixed_frequencies(config)
-
-    @property
-    def config(self) -> RopeConfig:
-        """The :class:`~ropekit.RopeConfig` (read-only, as in :class:`ropekit.RotaryEmbedding`)."""
-        return self._config
+        super().__init__(config)  # kept float64 frequencies, following the device
 
     def extra_repr(self) -> str:
         return repr(self.config)
@@ -78,9 +69,11 @@ class RotaryTables(nn.Module):
         if self._frequencies is None:
             # As Hugging Face: the longest position of the call picks the table set.
             inv_freq, factor = self.config.frequencies(int(position_ids.max()) + 1)
+            fine = None
         else:
-            inv_freq, factor = self._frequencies
+            (inv_freq, fine), factor = self._on(position_ids.device), self._frequencies[1]
         cos, sin = cos_sin(
-            inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype)
-        )
+            inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype),
+            fine_table=fine,
+        )  # fmt: skip
         return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)

@@ -52,9 +52,9 @@ from ..apply.formula import compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError, check_int, check_tensor
 from ..positions import Positions
-from ..tables.cos_sin import cos_sin
+from ..tables.cos_sin import cos_sin, cos_sin_range, fine_table
 
-__all__ = ["RotaryEmbedding", "fixed_frequencies"]
+__all__ = ["KeptFrequencies", "RotaryEmbedding", "fixed_frequencies"]
 
 
 def fixed_frequencies(config: RopeConfig) -> tuple[torch.Tensor, float] | None:
@@ -79,7 +79,56 @@ def _check_layout(layout: object) -> str:
     return layout  # type: ignore[return-value]
 
 
-class RotaryEmbedding(nn.Module):
+class KeptFrequencies(nn.Module):
+    """Base of the modules that keep a config's length-independent float64 frequencies.
+
+    Holds ``inv_freq`` ``[n]`` and the angle-addition fine table (:func:`fine_table`),
+    computed once from the frozen config on the CPU (the master copies), and a copy of
+    each on the module's device: ``_apply`` moves them with ``module.to(device)``,
+    ``.cuda()`` and ``to_empty``, and never casts them (``module.to(torch.bfloat16)``
+    leaves them float64). Length-dependent methods keep nothing (``_frequencies`` None).
+    """
+
+    def __init__(self, config: RopeConfig) -> None:
+        super().__init__()
+        if not isinstance(config, RopeConfig):
+            raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
+        self._config = config
+        self._frequencies = fixed_frequencies(config)  # float64, CPU: the master copy
+        self._inv_freq = self._fine = self._fine_master = None
+        if self._frequencies is not None:
+            inv, factor = self._frequencies
+            # The angle-addition tables' fine part (cos/sin of lo θ, lo < 64, with the
+            # attention factor folded in): a pure function of the config, like inv_freq,
+            # so a call does trig only for its own blocks (ropekit.tables).
+            self._fine_master = fine_table(inv, attention_factor=factor)
+            self._inv_freq, self._fine = inv, self._fine_master
+
+    @property
+    def config(self) -> RopeConfig:
+        """The layer's :class:`~ropekit.RopeConfig` (read-only: build a new module to change
+        it, so that the frequencies kept from construction always match it)."""
+        return self._config
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
+        # Follow the module's device, never its dtype: the device is read off a probe
+        # tensor passed through fn, and the values are copied from the float64 masters.
+        super()._apply(fn, recurse)
+        if self._frequencies is not None:
+            probe = fn(torch.empty(0, dtype=torch.float64, device=self._inv_freq.device))
+            self._inv_freq = self._frequencies[0].to(probe.device)
+            self._fine = self._fine_master.to(probe.device)
+        return self
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept frequencies and fine table on ``device`` (a copy only if the module
+        was not moved with its inputs)."""
+        if self._inv_freq.device == device:
+            return self._inv_freq, self._fine
+        return self._frequencies[0].to(device), self._fine_master.to(device)
+
+
+class RotaryEmbedding(KeptFrequencies):
     """Applies RoPE to queries (and keys) as configured by ``config``.
 
     Args:
@@ -104,32 +153,12 @@ class RotaryEmbedding(nn.Module):
     def __init__(
         self, config: RopeConfig, *, backend: Backend | str = "auto", layout: str = "bhsd"
     ) -> None:
-        super().__init__()
-        if not isinstance(config, RopeConfig):
-            raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
-        self._config = config
+        super().__init__(config)
         self.backend = parse_backend(backend)
         self.layout = _check_layout(layout)
-        self._frequencies = fixed_frequencies(config)  # float64, CPU: the master copy
-        self._inv_freq = None if self._frequencies is None else self._frequencies[0]
-
-    @property
-    def config(self) -> RopeConfig:
-        """The layer's :class:`~ropekit.RopeConfig` (read-only: build a new module to change
-        it, so that the frequencies kept from construction always match it)."""
-        return self._config
 
     def extra_repr(self) -> str:
         return f"{self.config!r}, backend={self.backend.value!r}, layout={self.layout!r}"
-
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
-        # Follow the module's device, never its dtype: the device is read off a probe
-        # tensor passed through fn, and the values are copied from the float64 master.
-        super()._apply(fn, recurse)
-        if self._frequencies is not None:
-            probe = fn(torch.empty(0, dtype=torch.float64, device=self._inv_freq.device))
-            self._inv_freq = self._frequencies[0].to(probe.device)
-        return self
 
     def cos_sin(
         self,
@@ -146,10 +175,11 @@ class RotaryEmbedding(nn.Module):
             return self.config.cos_sin(positions, seq_len=seq_len, dtype=dtype)
         if seq_len is not None:
             check_int("seq_len", seq_len, minimum=1)
-        inv_freq = self._inv_freq
-        if inv_freq.device != positions.device:  # module not moved with its inputs: a copy
-            inv_freq = self._frequencies[0].to(positions.device)
-        return cos_sin(inv_freq, positions, attention_factor=self._frequencies[1], dtype=dtype)
+        inv_freq, fine = self._on(positions.device)
+        return cos_sin(
+            inv_freq, positions, attention_factor=self._frequencies[1], dtype=dtype,
+            fine_table=fine,
+        )  # fmt: skip
 
     def forward(
         self,
@@ -210,16 +240,29 @@ class RotaryEmbedding(nn.Module):
         where = Positions.check(
             s, b, positions=positions, offset=offset, cu_seqlens=cu_seqlens, device=q.device
         )
-        rows = where.rows(q.device)  # int64 [s], [b, s] or [t]
-        seq_len = self._seq_len(rows, where, s, seq_len)
         # Tables in float32 for half/float32 inputs (float64 for float64 inputs): the
         # rotation itself runs in that dtype, so rounding them to bf16 first would only
         # add error.
-        dtype = q.dtype if k is None else torch.promote_types(q.dtype, k.dtype)
-        cos, sin = self.cos_sin(rows, dtype=compute_dtype(dtype), seq_len=seq_len)
+        dtype = compute_dtype(q.dtype if k is None else torch.promote_types(q.dtype, k.dtype))
+        if seq_len is not None:
+            check_int("seq_len", seq_len, minimum=1)
+        if where.implicit and self._frequencies is not None:
+            # offset + arange(s): built from Python ints, no positions tensor read (the
+            # common prefill and decode case; no host sync on an accelerator)
+            inv_freq, fine = self._on(q.device)
+            cos, sin = cos_sin_range(
+                inv_freq, where.offset, s, attention_factor=self._frequencies[1], dtype=dtype,
+                fine_table=fine,
+            )  # fmt: skip
+            rows_ndim = 1
+        else:
+            rows = where.rows(q.device)  # int64 [s], [b, s] or [t]
+            seq_len = self._seq_len(rows, where, s, seq_len)
+            cos, sin = self.cos_sin(rows, dtype=dtype, seq_len=seq_len)
+            rows_ndim = rows.ndim
         # [*P, n] to broadcast over the heads in the caller's layout
         if layout == "bhsd":
-            if rows.ndim == 2:  # [b, s, n] -> [b, 1, s, n]
+            if rows_ndim == 2:  # [b, s, n] -> [b, 1, s, n]
                 cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         else:  # [s, n] -> [s, 1, n]; [b, s, n] -> [b, s, 1, n]; [t, n] -> [t, 1, n]
             cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
