@@ -78,6 +78,37 @@ class _Kernel:
         self.rotate = fn
         self.float16 = bool(self.lib.ropekit_has_float16())
         self.openmp = bool(self.lib.ropekit_has_openmp())
+        # Outputs at least as large as the last-level cache are written with streaming
+        # stores (stream_row in rope_cpu.c); the kernel's default is 32 MiB.
+        self.lib.ropekit_set_stream_min_bytes.argtypes = [ctypes.c_int64]
+        self.lib.ropekit_stream_min_bytes.restype = ctypes.c_int64
+        llc = _last_level_cache_bytes()
+        if llc is not None:
+            self.lib.ropekit_set_stream_min_bytes(llc)
+        self.stream_min_bytes = int(self.lib.ropekit_stream_min_bytes())  # INT64_MAX: never
+
+
+def _last_level_cache_bytes() -> int | None:
+    """The size of CPU 0's last-level cache (Linux sysfs), or None where unknown.
+
+    This is the cache the kernel's threads share as the hardware reports it per core
+    complex (32 MiB on a Zen 4/5 EPYC); glibc's ``sysconf(_SC_LEVEL3_CACHE_SIZE)`` gives
+    the whole package's L3 there instead (384 MiB), which is why it is read here.
+    """
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    best: tuple[int, int] | None = None  # (level, bytes)
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip()
+            nbytes = int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
+        except (OSError, ValueError):
+            continue
+        if nbytes > 0 and (best is None or level > best[0]):
+            best = (level, nbytes)
+    return None if best is None else best[1]
 
 
 def _cache_dir() -> Path:
@@ -181,7 +212,9 @@ def cpu_kernel_status() -> str:
     kernel = _load()
     if isinstance(kernel, str):
         return f"unavailable: {kernel}"
-    return f"{kernel.path} ({' '.join(kernel.flags)})"
+    stream = kernel.stream_min_bytes
+    streaming = f"; streaming stores from {stream / 2**20:g} MiB" if stream < 2**62 else ""
+    return f"{kernel.path} ({' '.join(kernel.flags)}){streaming}"
 
 
 _KERNEL: list[_Kernel] = []  # the loaded kernel once found: a list read is the cheapest

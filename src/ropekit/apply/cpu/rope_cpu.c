@@ -1,6 +1,6 @@
 /* ropekit's CPU kernel: RoPE on q and k in one pass over memory.
  *
- * Built on first use by ropekit/apply/cpu.py (`cc -O3 -ffp-contract=off
+ * Built on first use by ropekit/apply/cpu/loader.py (`cc -O3 -ffp-contract=off
  * -fno-tree-slp-vectorize -march=native -fopenmp`), cached on disk and loaded with ctypes;
  * the torch formula it must match is ropekit.apply.formula.rope_reference.
  *
@@ -20,14 +20,24 @@
  *
  * Memory: each lane of x is read once and each lane of y written once. Table rows are
  * read once per row of x, but a table is shared by all heads, so after the first head it
- * comes from cache (a float32 [4096, 64] table is 2 MiB for cos and sin). y may be x
- * itself (in place): every row reads both lanes of a pair before writing them, and the
- * `omp simd` loops carry no dependence between pairs.
+ * comes from cache (a float32 [4096, 64] table is 2 MiB for cos and sin: from L3 on a
+ * Zen 4/5 core, which has 1 MiB of L2; blocking positions so that the table stays in L2
+ * was measured slower there, as it cuts q's and k's long sequential streams into short
+ * ones). y may be x itself (in place): every row reads both lanes of a pair before
+ * writing them, and the `omp simd` loops carry no dependence between pairs. Outputs
+ * larger than the last-level cache are written with streaming stores (stream_row).
  *
  * Layout: any batch dims, each with its own element stride for x, y, cos and sin (0
  * broadcasts a table over heads), as long as at most MAX_DIMS remain after merging;
- * lanes and table pairs have stride 1. Rows are split evenly over `nthreads` OpenMP
- * threads (torch's own libgomp, already loaded).
+ * lanes and table pairs have stride 1. Rows are visited in memory order (make_plan) and
+ * split evenly over `nthreads` OpenMP threads (torch's own libgomp, already loaded).
+ *
+ * What decided the design, measured on an AMD EPYC (Zen 5, 2 threads; figures in
+ * docs/performance.md): float32 rows are memory-bound (3.7 ns of arithmetic per 128-lane
+ * row with the data in L1, against ~10 ns of memory time per row and thread), so
+ * streaming stores pay off; bfloat16 rows were nearly compute-bound (8.4 ns in L1 for
+ * half the bytes), hence the AVX512-BF16 rounding (5.2 ns); 512-bit vectors beat 256-bit
+ * ones (-mprefer-vector-width=256: float32 rows 6.5 ns, portable bfloat16 rows 16 ns).
  */
 #include <stdint.h>
 #include <string.h>
@@ -66,7 +76,53 @@ typedef struct {
   char *y[2]; /* x[1] == NULL: one tensor */
   int64_t sx[2], sy[2], sc, ss, rows;
   const char *cos, *sin;
+  char *buf; /* non-NULL: streaming stores (via this L1 buffer of STREAM_MAX_ROW bytes) */
 } run_t;
+
+/* Streaming (non-temporal) stores, for calls whose outputs are at least as large as the
+ * last-level cache (ropekit_stream_min_bytes): such outputs are mostly evicted before
+ * the next op reads them anyway. A plain store first reads its line into the cache
+ * (read for ownership), so an out-of-place rotation moves 3 bytes through memory per
+ * byte of output, as copy_ does; streaming stores write whole lines without reading
+ * them: 2. Measured on a Zen 5 EPYC, 2 threads (docs/performance.md): float32 prefill
+ * 1.08x -> 0.87x copy_, bfloat16 1.07x -> 0.91x.
+ *
+ * float32 and float64 rows are rotated by the ordinary code into a buffer in L1, then
+ * copied out by stream_row: full 64-byte lines with streaming stores, the partial lines
+ * at the ends of a row (shared with the neighbouring rows) with plain ones. bfloat16
+ * rows with AVX512-BF16 store their vectors with streaming stores directly (a buffer
+ * there made GCC 12 spill registers in some instantiations: bf16 rows 1.5-2x slower).
+ * In place, the lines are in the cache already: plain stores. */
+#if defined(__SSE2__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define HAVE_STREAM 1
+static inline __attribute__((always_inline)) void stream_row(char *dst, const char *src,
+                                                              int64_t bytes) {
+  int64_t i = (int64_t)(-(uintptr_t)dst & 63); /* bytes before the first full line */
+  if (i > bytes) i = bytes;
+  if (i) memcpy(dst, src, (size_t)i);
+  for (; i + 64 <= bytes; i += 64) {
+#if defined(__AVX512F__)
+    _mm512_stream_si512((void *)(dst + i), _mm512_loadu_si512((const void *)(src + i)));
+#elif defined(__AVX__)
+    for (int k = 0; k < 64; k += 32)
+      _mm256_stream_si256((__m256i *)(dst + i + k),
+                          _mm256_loadu_si256((const __m256i *)(src + i + k)));
+#else
+    for (int k = 0; k < 64; k += 16)
+      _mm_stream_si128((__m128i *)(dst + i + k), _mm_loadu_si128((const __m128i *)(src + i + k)));
+#endif
+  }
+  if (i < bytes) memcpy(dst + i, src + i, (size_t)(bytes - i));
+}
+static inline void stream_fence(void) { _mm_sfence(); }
+#else
+static inline void stream_row(char *dst, const char *src, int64_t bytes) {
+  memcpy(dst, src, (size_t)bytes);
+}
+static inline void stream_fence(void) {}
+#endif
+#define STREAM_MAX_ROW 4096 /* bytes (the buffer); longer rows are stored plainly */
 
 /* Rows. T: storage type of x and y; W: arithmetic and table type. NAME(run, ...) rotates
  * the rows of a run. The row loop is instantiated for each layout, sign, one or two
@@ -96,11 +152,21 @@ typedef struct {
   }                                                                                         \
   static inline __attribute__((always_inline)) void NAME##_rows(                            \
       const run_t *ru, int64_t n, int64_t d, int interleaved, W sign, int two) {            \
-    for (int64_t r = 0; r < ru->rows; r++) {                                                \
-      const W *cr = (const W *)ru->cos + r * ru->sc, *sr = (const W *)ru->sin + r * ru->ss; \
-      for (int k = 0; k < 1 + two; k++)                                                     \
-        NAME##_one((const T *)ru->x[k] + r * ru->sx[k], (T *)ru->y[k] + r * ru->sy[k], cr,  \
-                   sr, n, d, interleaved, sign);                                            \
+    /* the run in locals: a store through y may alias *ru as far as the compiler knows    \
+     * (the may_alias bf16 pairs), which made it reload the run after every row */        \
+    const T *x0 = (const T *)ru->x[0], *x1 = (const T *)ru->x[1];                           \
+    T *y0 = (T *)ru->y[0], *y1 = (T *)ru->y[1];                                             \
+    const W *c = (const W *)ru->cos, *s = (const W *)ru->sin;                               \
+    const int64_t sx0 = ru->sx[0], sx1 = ru->sx[1], sy0 = ru->sy[0], sy1 = ru->sy[1];       \
+    const int64_t sc = ru->sc, ss = ru->ss, rows = ru->rows;                                \
+    T *const buf = (T *)ru->buf;                                                            \
+    for (int64_t r = 0; r < rows; r++) {                                                    \
+      T *ya = y0 + r * sy0, *yb = two ? y1 + r * sy1 : NULL;                                \
+      NAME##_one(x0 + r * sx0, buf ? buf : ya, c + r * sc, s + r * ss, n, d, interleaved, sign); \
+      if (buf) stream_row((char *)ya, (const char *)buf, d * (int64_t)sizeof(T));           \
+      if (!two) continue;                                                                   \
+      NAME##_one(x1 + r * sx1, buf ? buf : yb, c + r * sc, s + r * ss, n, d, interleaved, sign); \
+      if (buf) stream_row((char *)yb, (const char *)buf, d * (int64_t)sizeof(T));           \
     }                                                                                       \
   }                                                                                         \
   static inline __attribute__((always_inline)) void NAME##_n(                               \
@@ -165,11 +231,19 @@ static inline __attribute__((always_inline)) void bf16_pair_one(
 static inline __attribute__((always_inline)) void bf16_pair_rows(const run_t *ru, int64_t n,
                                                                  int64_t d, float sign,
                                                                  int two) {
-  for (int64_t r = 0; r < ru->rows; r++) {
-    const float *cr = (const float *)ru->cos + r * ru->sc, *sr = (const float *)ru->sin + r * ru->ss;
-    for (int k = 0; k < 1 + two; k++)
-      bf16_pair_one((const uint16_t *)ru->x[k] + r * ru->sx[k],
-                    (uint16_t *)ru->y[k] + r * ru->sy[k], cr, sr, n, d, sign);
+  const uint16_t *x0 = (const uint16_t *)ru->x[0], *x1 = (const uint16_t *)ru->x[1];
+  uint16_t *y0 = (uint16_t *)ru->y[0], *y1 = (uint16_t *)ru->y[1];
+  const float *c = (const float *)ru->cos, *s = (const float *)ru->sin;
+  const int64_t sx0 = ru->sx[0], sx1 = ru->sx[1], sy0 = ru->sy[0], sy1 = ru->sy[1];
+  const int64_t sc = ru->sc, ss = ru->ss, rows = ru->rows; /* in locals: see NAME##_rows */
+  uint16_t *const buf = (uint16_t *)ru->buf;
+  for (int64_t r = 0; r < rows; r++) {
+    uint16_t *ya = y0 + r * sy0, *yb = two ? y1 + r * sy1 : NULL;
+    bf16_pair_one(x0 + r * sx0, buf ? buf : ya, c + r * sc, s + r * ss, n, d, sign);
+    if (buf) stream_row((char *)ya, (const char *)buf, d * 2);
+    if (!two) continue;
+    bf16_pair_one(x1 + r * sx1, buf ? buf : yb, c + r * sc, s + r * ss, n, d, sign);
+    if (buf) stream_row((char *)yb, (const char *)buf, d * 2);
   }
 }
 
@@ -187,7 +261,131 @@ static inline __attribute__((always_inline)) void bf16_pair_n(const run_t *ru, i
   }
 }
 
+/* bfloat16 with AVX512-BF16 (a build feature: Sapphire Rapids, Zen 4 and later):
+ * vcvtne2ps2bf16 rounds 32 float32 lanes to nearest even and packs them in one
+ * instruction, where the portable rounding spends about 8 per 16 lanes (shift, mask, two
+ * adds, shift, NaN compare and blend, pack). Those made bf16 rows compute-bound on a
+ * Zen 5 core: 8.4 ns per 128-lane row with everything in L1 (float32 rows: 3.7 ns for
+ * twice the bytes), close to the memory time of a row at 2 threads, so bf16 prefill ran
+ * at ~1.3-1.4x copy_ when memory was fast. With the instruction: 5.2 ns (interleaved
+ * pairs: 7.1 -> 5.3 ns).
+ *
+ * It differs from bf16_store only where the float32 result is NaN (it keeps the
+ * payload; bf16_store gives 0x7fc0) or denormal (it flushes it to zero): a block of 16
+ * pairs with such a result is computed again by the portable code before anything of it
+ * is stored (so in place is safe), and the output is bit for bit bf16_store's on every
+ * input, on machines with and without the instruction. Used when n is a multiple of 16
+ * (head dims 32, 64, 128, ...); other n take the portable rows. */
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define HAVE_BF16_CVT 1
+#define BF16_SPECIAL 0xa1 /* vfpclassps: QNaN (0x01), denormal (0x20), SNaN (0x80) */
+
+static inline __m512 bf16x16_load(const uint16_t *p) { /* 16 lanes widened, exactly */
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+static inline __attribute__((always_inline)) void bf16_cvt_one(
+    const uint16_t *xr, uint16_t *yr, const float *cr, const float *sr, int64_t n, int64_t d,
+    int interleaved, float sign, int nt) {
+  for (int64_t i = 0; i < n; i += 16) {
+    __m512 a, b;
+    if (interleaved) { /* 16 pairs, one 32-bit word each: a in the low half */
+      __m512i w = _mm512_loadu_si512((const void *)(xr + 2 * i));
+      a = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      b = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xffff0000u)));
+    } else {
+      a = bf16x16_load(xr + i);
+      b = bf16x16_load(xr + n + i);
+    }
+    __m512 c = _mm512_loadu_ps(cr + i);
+    __m512 s = _mm512_mul_ps(_mm512_set1_ps(sign), _mm512_loadu_ps(sr + i)); /* +-1: exact */
+    __m512 ya = _mm512_sub_ps(_mm512_mul_ps(a, c), _mm512_mul_ps(b, s));
+    __m512 yb = _mm512_add_ps(_mm512_mul_ps(b, c), _mm512_mul_ps(a, s));
+    if (__builtin_expect(_mm512_fpclass_ps_mask(ya, BF16_SPECIAL) |
+                             _mm512_fpclass_ps_mask(yb, BF16_SPECIAL), 0)) {
+      for (int64_t j = i; j < i + 16; j++) { /* NaN or denormal: the portable rounding */
+        int64_t p = interleaved ? 2 * j : j, q = interleaved ? 2 * j + 1 : j + n;
+        float aj = bf16_load(xr[p]), bj = bf16_load(xr[q]), cj = cr[j], sj = sign * sr[j];
+        yr[p] = bf16_store(aj * cj - bj * sj);
+        yr[q] = bf16_store(bj * cj + aj * sj);
+      }
+      continue;
+    }
+    __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(yb, ya); /* lanes 0-15: ya, 16-31: yb */
+    if (interleaved) { /* back to pairs: word k = ya[k] | yb[k] << 16 */
+      const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                             24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
+                                             1, 16, 0);
+      __m512i out = _mm512_permutexvar_epi16(pairs, packed);
+      if (nt) _mm512_stream_si512((void *)(yr + 2 * i), out);
+      else _mm512_storeu_si512((void *)(yr + 2 * i), out);
+    } else if (nt) {
+      _mm256_stream_si256((__m256i *)(yr + i), _mm512_castsi512_si256(packed));
+      _mm256_stream_si256((__m256i *)(yr + n + i), _mm512_extracti64x4_epi64(packed, 1));
+    } else {
+      _mm256_storeu_si256((__m256i *)(yr + i), _mm512_castsi512_si256(packed));
+      _mm256_storeu_si256((__m256i *)(yr + n + i), _mm512_extracti64x4_epi64(packed, 1));
+    }
+  }
+  if (yr != xr && d > 2 * n) memcpy(yr + 2 * n, xr + 2 * n, (size_t)(d - 2 * n) * 2);
+}
+
+static inline __attribute__((always_inline)) void bf16_cvt_rows(const run_t *ru, int64_t n,
+                                                                int64_t d, int interleaved,
+                                                                float sign, int two) {
+  const uint16_t *x0 = (const uint16_t *)ru->x[0], *x1 = (const uint16_t *)ru->x[1];
+  uint16_t *y0 = (uint16_t *)ru->y[0], *y1 = (uint16_t *)ru->y[1];
+  const float *c = (const float *)ru->cos, *s = (const float *)ru->sin;
+  const int64_t sx0 = ru->sx[0], sx1 = ru->sx[1], sy0 = ru->sy[0], sy1 = ru->sy[1];
+  const int64_t sc = ru->sc, ss = ru->ss, rows = ru->rows; /* in locals: see NAME##_rows */
+  /* streaming (ru->buf set): the vectors go out with streaming stores directly, where
+   * every row starts a 64-byte line and fills whole lines; otherwise plain stores */
+  const uintptr_t lines = (uintptr_t)y0 | (uintptr_t)(sy0 * 2) | (uintptr_t)(n * 4) |
+                          (two ? (uintptr_t)y1 | (uintptr_t)(sy1 * 2) : 0);
+#define BF16_CVT_ROWS(NT)                                                                  \
+  for (int64_t r = 0; r < rows; r++) {                                                     \
+    bf16_cvt_one(x0 + r * sx0, y0 + r * sy0, c + r * sc, s + r * ss, n, d, interleaved,    \
+                 sign, NT);                                                                \
+    if (two)                                                                               \
+      bf16_cvt_one(x1 + r * sx1, y1 + r * sy1, c + r * sc, s + r * ss, n, d, interleaved,  \
+                   sign, NT);                                                              \
+  }
+  if (ru->buf != NULL && d == 2 * n && lines % 64 == 0) {
+    BF16_CVT_ROWS(1)
+  } else {
+    BF16_CVT_ROWS(0)
+  }
+#undef BF16_CVT_ROWS
+}
+
+static inline __attribute__((always_inline)) void bf16_cvt_n(const run_t *ru, int64_t n,
+                                                             int64_t d, int interleaved,
+                                                             float sign) {
+  int two = ru->x[1] != NULL;
+  switch (n * 2 + two) {
+    case 32: bf16_cvt_rows(ru, 16, d, interleaved, sign, 0); break;
+    case 33: bf16_cvt_rows(ru, 16, d, interleaved, sign, 1); break;
+    case 64: bf16_cvt_rows(ru, 32, d, interleaved, sign, 0); break;
+    case 65: bf16_cvt_rows(ru, 32, d, interleaved, sign, 1); break;
+    case 128: bf16_cvt_rows(ru, 64, d, interleaved, sign, 0); break;
+    case 129: bf16_cvt_rows(ru, 64, d, interleaved, sign, 1); break;
+    default: bf16_cvt_rows(ru, n, d, interleaved, sign, two);
+  }
+}
+#endif
+
 static void row_bf16(const run_t *ru, int64_t n, int64_t d, int interleaved, int inverse) {
+#ifdef HAVE_BF16_CVT
+  if (n % 16 == 0) {
+    if (interleaved && inverse) bf16_cvt_n(ru, n, d, 1, -1.0f);
+    else if (interleaved) bf16_cvt_n(ru, n, d, 1, 1.0f);
+    else if (inverse) bf16_cvt_n(ru, n, d, 0, -1.0f);
+    else bf16_cvt_n(ru, n, d, 0, 1.0f);
+    return;
+  }
+#endif
   if (!interleaved)
     row_bf16_lanes(ru, n, d, 0, inverse);
   else if (inverse)
@@ -231,7 +429,8 @@ static inline void f16_narrow(const float *src, uint16_t *dst, int64_t m) {
 #define CHUNK 64
 static void row_f16(const run_t *ru, int64_t n, int64_t d, int interleaved, int inverse) {
   float in[2 * CHUNK], out[2 * CHUNK];
-  run_t chunk = {{(const char *)in, NULL}, {(char *)out, NULL}, {0, 0}, {0, 0}, 0, 0, 1, 0, 0};
+  run_t chunk = {{(const char *)in, NULL}, {(char *)out, NULL}, {0, 0}, {0, 0}, 0, 0, 1,
+                 0, 0, NULL};
   for (int64_t r = 0; r < ru->rows; r++) {
     const float *cr = (const float *)ru->cos + r * ru->sc, *sr = (const float *)ru->sin + r * ru->ss;
     for (int k = 0; k < 2 && ru->x[k] != NULL; k++) {
@@ -271,9 +470,14 @@ typedef struct {
  * y's strides; the tables' sizes; cos's and sin's strides (elements, all dims including
  * the last, which is ignored: lanes and pairs have stride 1). Tables are broadcast to x's
  * batch shape (aligned on the right, stride 0 where their size is 1), size-1 dims are
- * dropped, and neighbouring dims are merged where all four tensors allow it ([b, h, s]
- * with [s, n] tables becomes [b*h, s]). Returns the next record, or NULL if more than
- * MAX_DIMS dims remain. */
+ * dropped, the others are visited in memory order (by y's stride, largest first; rows
+ * are independent, so any order gives the same result), and neighbouring dims are merged
+ * where all four tensors allow it ([b, h, s] with [s, n] tables becomes [b*h, s]).
+ * Memory order matters for [b, s, h, d] tensors viewed as [b, h, s, d] (flash-attn's
+ * and Meta's layout): in the view's order every row is 8 KiB from the last (32 heads of
+ * 128 bf16 lanes) and each head sweeps the whole tensor, 2-3x copy_'s time; in memory
+ * order the heads of a position are one contiguous run sharing one table row. Returns
+ * the next record, or NULL if more than MAX_DIMS dims remain. */
 static const int64_t *make_plan(const int64_t *rec, plan_t *pl) {
   const int64_t xdims = rec[4], cdims = rec[5], nb = xdims - 1, nc = cdims - 1;
   const int64_t *size = rec + 6, *sx = size + xdims, *sy = sx + xdims;
@@ -281,9 +485,19 @@ static const int64_t *make_plan(const int64_t *rec, plan_t *pl) {
   for (int k = 0; k < 4; k++) pl->ptr[k] = (char *)(intptr_t)rec[k];
   pl->nd = 0;
   pl->rows = 1;
+  int64_t order[nb > 0 ? nb : 1], count = 0; /* the dims of size > 1, in memory order */
   for (int64_t i = 0; i < nb; i++) {
     pl->rows *= size[i];
     if (size[i] == 1) continue;
+    int64_t at = count++; /* insertion sort, stable: ties keep the given order */
+    for (; at > 0 && (sy[order[at - 1]] < sy[i] ||
+                      (sy[order[at - 1]] == sy[i] && sx[order[at - 1]] < sx[i]));
+         at--)
+      order[at] = order[at - 1];
+    order[at] = i;
+  }
+  for (int64_t o = 0; o < count; o++) {
+    const int64_t i = order[o];
     int64_t j = i - (nb - nc); /* the table dim under x's dim i, if any */
     int table = j >= 0 && csize[j] != 1;
     int64_t st[4] = {sx[i], sy[i], table ? cst[j] : 0, table ? sst[j] : 0};
@@ -306,7 +520,7 @@ static const int64_t *make_plan(const int64_t *rec, plan_t *pl) {
  * element offsets off (x, y, cos, sin) and offq (q's x, y). */
 static void one_run(int dtype, const plan_t *p, const plan_t *q, const int64_t *off,
                     const int64_t *offq, int64_t rows, int last, int64_t n, int64_t d, int interleaved,
-                    int inverse) {
+                    int inverse, char *buf) {
   const int64_t esize = dtype == F64 ? 8 : dtype == F32 ? 4 : 2, tsize = dtype == F64 ? 8 : 4;
   run_t ru;
   ru.x[0] = p->ptr[0] + off[0] * esize;
@@ -322,6 +536,8 @@ static void one_run(int dtype, const plan_t *p, const plan_t *q, const int64_t *
   ru.sy[1] = q && last >= 0 ? q->stride[1][last] : 0;
   ru.sc = last >= 0 ? p->stride[2][last] : 0;
   ru.ss = last >= 0 ? p->stride[3][last] : 0;
+  /* in place, the output lines are in the cache already (just read): plain stores */
+  ru.buf = buf && ru.y[0] != ru.x[0] && (!q || ru.y[1] != ru.x[1]) ? buf : NULL;
   switch (dtype) {
     case F32: row_f32(&ru, n, d, interleaved, inverse); break;
     case F64: row_f64(&ru, n, d, interleaved, inverse); break;
@@ -350,7 +566,7 @@ static inline int next_index(const plan_t *p, const plan_t *q, int nd, int64_t *
 /* Rows [r0, r1) of plan p (and the same rows of q, its pair), in row-major order of the
  * batch dims: runs along the last dim, then the odometer over the others. */
 static void run_rows(int dtype, const plan_t *p, const plan_t *q, int64_t r0, int64_t r1,
-                     int64_t n, int64_t d, int interleaved, int inverse) {
+                     int64_t n, int64_t d, int interleaved, int inverse, char *buf) {
   const int last = p->nd - 1;
   int64_t idx[MAX_DIMS], off[4] = {0, 0, 0, 0}, offq[2] = {0, 0}, rest = r0;
   for (int k = last; k >= 0; k--) {
@@ -360,13 +576,13 @@ static void run_rows(int dtype, const plan_t *p, const plan_t *q, int64_t r0, in
     for (int t = 0; q && t < 2; t++) offq[t] += idx[k] * q->stride[t][k];
   }
   if (last < 0) { /* a single row */
-    if (r0 < r1) one_run(dtype, p, q, off, offq, 1, last, n, d, interleaved, inverse);
+    if (r0 < r1) one_run(dtype, p, q, off, offq, 1, last, n, d, interleaved, inverse, buf);
     return;
   }
   for (int64_t r = r0; r < r1;) {
     int64_t run = p->size[last] - idx[last];
     if (run > r1 - r) run = r1 - r;
-    one_run(dtype, p, q, off, offq, run, last, n, d, interleaved, inverse);
+    one_run(dtype, p, q, off, offq, run, last, n, d, interleaved, inverse, buf);
     r += run;
     for (int t = 0; t < 4; t++) off[t] += run * p->stride[t][last];
     for (int t = 0; q && t < 2; t++) offq[t] += run * q->stride[t][last];
@@ -391,6 +607,22 @@ static int same_rows(const plan_t *a, const plan_t *b) {
   return 1;
 }
 
+/* Calls whose outputs (all tensors together) have at least this many bytes use streaming
+ * stores; negative: never. ropekit/apply/cpu/loader.py sets it to the size of the
+ * last-level cache that the kernel's threads share (sysfs; glibc's sysconf reports the
+ * whole package's L3 on EPYC, 12x too large), so that outputs which could still be in
+ * the cache for the next op are stored normally. 32 MiB until set. Tests set 0 (stream
+ * everything) or -1. Not thread-safe: set it when no call is running. */
+static int64_t stream_bytes = (int64_t)32 << 20;
+void ropekit_set_stream_min_bytes(int64_t bytes) { stream_bytes = bytes; }
+int64_t ropekit_stream_min_bytes(void) {
+#ifdef HAVE_STREAM
+  return stream_bytes < 0 ? INT64_MAX : stream_bytes;
+#else
+  return INT64_MAX;
+#endif
+}
+
 /* Rotate `ntensors` tensors (e.g. q and k) sharing one dtype, n and d, in one parallel
  * region; `records` holds one make_plan record per tensor, back to back. */
 int ropekit_rotate(int32_t ntensors, const int64_t *records, int32_t dtype, int64_t n, int64_t d,
@@ -409,9 +641,16 @@ int ropekit_rotate(int32_t ntensors, const int64_t *records, int32_t dtype, int6
   }
   if (total == 0) return OK;
   const int paired = ntensors == 2 && same_rows(&plans[0], &plans[1]);
+  const int64_t esize = dtype == F64 ? 8 : dtype == F32 ? 4 : 2;
+  /* float16 keeps plain stores: its rows already go through float32 buffers, and
+   * streaming them measured mixed (half layout faster, interleaved ~10% slower) */
+  const int stream = dtype != F16 && total * d * esize >= ropekit_stream_min_bytes() &&
+                     d * esize <= STREAM_MAX_ROW;
 #pragma omp parallel num_threads(nthreads > 1 ? nthreads : 1)
   {
     int64_t nt = 1, tid = 0, base = 0;
+    _Alignas(64) char rowbuf[STREAM_MAX_ROW];
+    char *buf = stream ? rowbuf : NULL;
 #ifdef _OPENMP
     nt = omp_get_num_threads();
     tid = omp_get_thread_num();
@@ -419,16 +658,18 @@ int ropekit_rotate(int32_t ntensors, const int64_t *records, int32_t dtype, int6
     if (paired) { /* an even split of the row pairs */
       int64_t rows = plans[0].rows;
       int64_t lo = rows * tid / nt, hi = rows * (tid + 1) / nt;
-      if (lo < hi) run_rows(dtype, &plans[0], &plans[1], lo, hi, n, d, interleaved, inverse);
+      if (lo < hi) run_rows(dtype, &plans[0], &plans[1], lo, hi, n, d, interleaved, inverse, buf);
     } else { /* an even split of the rows of all tensors together */
       int64_t lo = total * tid / nt, hi = total * (tid + 1) / nt;
       for (int t = 0; t < ntensors && lo < hi; t++) {
         int64_t rows = plans[t].rows;
         int64_t a = lo > base ? lo : base, b = hi < base + rows ? hi : base + rows;
-        if (a < b) run_rows(dtype, &plans[t], NULL, a - base, b - base, n, d, interleaved, inverse);
+        if (a < b)
+          run_rows(dtype, &plans[t], NULL, a - base, b - base, n, d, interleaved, inverse, buf);
         base += rows;
       }
     }
+    if (stream) stream_fence(); /* streamed lines visible before the region ends */
   }
   return OK;
 }
