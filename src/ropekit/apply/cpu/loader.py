@@ -89,14 +89,17 @@ class _Kernel:
 
 
 def _last_level_cache_bytes() -> int | None:
-    """The size of CPU 0's last-level cache (Linux sysfs), or None where unknown.
+    """The last-level cache this process's CPUs have together (Linux sysfs), or None.
 
-    This is the cache the kernel's threads share as the hardware reports it per core
-    complex (32 MiB on a Zen 4/5 EPYC); glibc's ``sysconf(_SC_LEVEL3_CACHE_SIZE)`` gives
-    the whole package's L3 there instead (384 MiB), which is why it is read here.
+    sysfs reports the cache per core complex (32 MiB on a Zen 4/5 EPYC) and which CPUs
+    share it; that size is multiplied by the number of such caches the process may run
+    on (its CPU affinity), so that on a many-complex machine outputs that still fit the
+    caches of all its cores keep plain stores. glibc's ``sysconf(_SC_LEVEL3_CACHE_SIZE)``
+    is not used: on EPYC it reports the whole package's L3 (384 MiB) even to a 2-core
+    guest that has one 32 MiB slice of it.
     """
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    best: tuple[int, int] | None = None  # (level, bytes)
+    best: tuple[int, int, str] | None = None  # (level, bytes, shared_cpu_list)
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
             if (index / "type").read_text().strip() == "Instruction":
@@ -104,11 +107,22 @@ def _last_level_cache_bytes() -> int | None:
             level = int((index / "level").read_text())
             size = (index / "size").read_text().strip()
             nbytes = int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
+            shared = (index / "shared_cpu_list").read_text().strip()
         except (OSError, ValueError):
             continue
         if nbytes > 0 and (best is None or level > best[0]):
-            best = (level, nbytes)
-    return None if best is None else best[1]
+            best = (level, nbytes, shared)
+    if best is None:
+        return None
+    try:
+        sharing = 0  # CPUs per last-level cache: "0-7,64-71" -> 16
+        for part in best[2].split(","):
+            lo, _, hi = part.partition("-")
+            sharing += int(hi) - int(lo) + 1 if hi else 1
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError, ValueError):
+        return best[1]  # one cache's worth: streams a little more often, never wrongly
+    return best[1] * max(1, -(-cpus // max(1, sharing)))  # caches used: ceil(cpus / sharing)
 
 
 def _cache_dir() -> Path:

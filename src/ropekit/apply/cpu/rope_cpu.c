@@ -84,15 +84,20 @@ typedef struct {
  * the next op reads them anyway. A plain store first reads its line into the cache
  * (read for ownership), so an out-of-place rotation moves 3 bytes through memory per
  * byte of output, as copy_ does; streaming stores write whole lines without reading
- * them: 2. Measured on a Zen 5 EPYC, 2 threads (docs/performance.md): float32 prefill
- * 1.08x -> 0.87x copy_, bfloat16 1.07x -> 0.91x.
+ * them: 2. Measured on a Zen 5 EPYC, 2 threads, prefill q and k, this kernel without
+ * and with them (docs/performance.md): float32 1.06x -> 0.94x copy_ (interleaved
+ * 1.04x -> 0.83x), bfloat16 1.09x -> 0.93x.
  *
- * float32 and float64 rows are rotated by the ordinary code into a buffer in L1, then
- * copied out by stream_row: full 64-byte lines with streaming stores, the partial lines
- * at the ends of a row (shared with the neighbouring rows) with plain ones. bfloat16
- * rows with AVX512-BF16 store their vectors with streaming stores directly (a buffer
- * there made GCC 12 spill registers in some instantiations: bf16 rows 1.5-2x slower).
- * In place, the lines are in the cache already: plain stores. */
+ * float32 rows are rotated by the ordinary code into a buffer in L1, then copied out
+ * by stream_row: full 64-byte lines with streaming stores, the partial lines at the
+ * ends of a row (shared with the neighbouring rows) with plain ones. bfloat16 rows with
+ * AVX512-BF16 (bf16_cvt_rows) store their vectors with streaming stores directly (the
+ * buffer there made GCC 12 spill registers in some instantiations: bf16 rows 1.5-2x
+ * slower). Other rows (float64, float16, bfloat16 without AVX512-BF16 or with n not a
+ * multiple of 16) keep plain stores: rarer, and not measured to gain (float16
+ * interleaved rows were ~10% slower streamed), and every streaming instantiation adds
+ * to the first build's time. In place, the lines are in the cache already: plain
+ * stores. */
 #if defined(__SSE2__) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
 #define HAVE_STREAM 1
@@ -131,7 +136,7 @@ static inline void stream_fence(void) {}
  * setup: at 64 or 128 lanes a row is only a few vectors, and per-row overhead would
  * otherwise cost as much as the arithmetic. With two tensors the k row follows the q row
  * of the same position, so the table row is read from memory once for both. */
-#define DEFINE_ROW(NAME, T, W, LOAD, STORE)                                                 \
+#define DEFINE_ROW(NAME, T, W, LOAD, STORE, SPECIALISE, STREAM)                            \
   static inline __attribute__((always_inline)) void NAME##_one(                             \
       const T *xr, T *yr, const W *cr, const W *sr, int64_t n, int64_t d, int interleaved,  \
       W sign) {                                                                             \
@@ -159,7 +164,7 @@ static inline void stream_fence(void) {}
     const W *c = (const W *)ru->cos, *s = (const W *)ru->sin;                               \
     const int64_t sx0 = ru->sx[0], sx1 = ru->sx[1], sy0 = ru->sy[0], sy1 = ru->sy[1];       \
     const int64_t sc = ru->sc, ss = ru->ss, rows = ru->rows;                                \
-    T *const buf = (T *)ru->buf;                                                            \
+    T *const buf = STREAM ? (T *)ru->buf : NULL; /* streaming stores: see stream_row */     \
     for (int64_t r = 0; r < rows; r++) {                                                    \
       T *ya = y0 + r * sy0, *yb = two ? y1 + r * sy1 : NULL;                                \
       NAME##_one(x0 + r * sx0, buf ? buf : ya, c + r * sc, s + r * ss, n, d, interleaved, sign); \
@@ -172,7 +177,7 @@ static inline void stream_fence(void) {}
   static inline __attribute__((always_inline)) void NAME##_n(                               \
       const run_t *ru, int64_t n, int64_t d, int interleaved, W sign) {                     \
     int two = ru->x[1] != NULL;                                                             \
-    switch (n * 2 + two) {                                                                  \
+    switch (SPECIALISE ? n * 2 + two : 0) {                                                 \
       case 32: NAME##_rows(ru, 16, d, interleaved, sign, 0); break;                         \
       case 33: NAME##_rows(ru, 16, d, interleaved, sign, 1); break;                         \
       case 64: NAME##_rows(ru, 32, d, interleaved, sign, 0); break;                         \
@@ -190,9 +195,18 @@ static inline void stream_fence(void) {}
     else NAME##_n(ru, n, d, 0, (W)1);                                                       \
   }
 
-DEFINE_ROW(row_f32, float, float, SAME, SAME)
-DEFINE_ROW(row_f64, double, double, SAME, SAME)
-DEFINE_ROW(row_bf16_lanes, uint16_t, float, bf16_load, bf16_store)
+/* With AVX512-BF16, bfloat16 rows with n = 16, 32, 64 take bf16_cvt_rows (below): the
+ * portable bfloat16 rows are then not specialised for them (half the build time). */
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define HAVE_BF16_CVT 1
+#define BF16_SPECIALISE 0
+#else
+#define BF16_SPECIALISE 1
+#endif
+
+DEFINE_ROW(row_f32, float, float, SAME, SAME, 1, 1)
+DEFINE_ROW(row_f64, double, double, SAME, SAME, 1, 0)
+DEFINE_ROW(row_bf16_lanes, uint16_t, float, bf16_load, bf16_store, BF16_SPECIALISE, 0)
 
 /* Interleaved bfloat16: a pair (x[2i], x[2i+1]) is one 32-bit word, x[2i] in its low half
  * (little-endian). Widening is then a shift and a mask, and the two rounded results are
@@ -236,21 +250,16 @@ static inline __attribute__((always_inline)) void bf16_pair_rows(const run_t *ru
   const float *c = (const float *)ru->cos, *s = (const float *)ru->sin;
   const int64_t sx0 = ru->sx[0], sx1 = ru->sx[1], sy0 = ru->sy[0], sy1 = ru->sy[1];
   const int64_t sc = ru->sc, ss = ru->ss, rows = ru->rows; /* in locals: see NAME##_rows */
-  uint16_t *const buf = (uint16_t *)ru->buf;
   for (int64_t r = 0; r < rows; r++) {
-    uint16_t *ya = y0 + r * sy0, *yb = two ? y1 + r * sy1 : NULL;
-    bf16_pair_one(x0 + r * sx0, buf ? buf : ya, c + r * sc, s + r * ss, n, d, sign);
-    if (buf) stream_row((char *)ya, (const char *)buf, d * 2);
-    if (!two) continue;
-    bf16_pair_one(x1 + r * sx1, buf ? buf : yb, c + r * sc, s + r * ss, n, d, sign);
-    if (buf) stream_row((char *)yb, (const char *)buf, d * 2);
+    bf16_pair_one(x0 + r * sx0, y0 + r * sy0, c + r * sc, s + r * ss, n, d, sign);
+    if (two) bf16_pair_one(x1 + r * sx1, y1 + r * sy1, c + r * sc, s + r * ss, n, d, sign);
   }
 }
 
 static inline __attribute__((always_inline)) void bf16_pair_n(const run_t *ru, int64_t n,
                                                               int64_t d, float sign) {
   int two = ru->x[1] != NULL;
-  switch (n * 2 + two) {
+  switch (BF16_SPECIALISE ? n * 2 + two : 0) {
     case 32: bf16_pair_rows(ru, 16, d, sign, 0); break;
     case 33: bf16_pair_rows(ru, 16, d, sign, 1); break;
     case 64: bf16_pair_rows(ru, 32, d, sign, 0); break;
@@ -276,14 +285,27 @@ static inline __attribute__((always_inline)) void bf16_pair_n(const run_t *ru, i
  * is stored (so in place is safe), and the output is bit for bit bf16_store's on every
  * input, on machines with and without the instruction. Used when n is a multiple of 16
  * (head dims 32, 64, 128, ...); other n take the portable rows. */
-#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#ifdef HAVE_BF16_CVT
 #include <immintrin.h>
-#define HAVE_BF16_CVT 1
 #define BF16_SPECIAL 0xa1 /* vfpclassps: QNaN (0x01), denormal (0x20), SNaN (0x80) */
 
 static inline __m512 bf16x16_load(const uint16_t *p) { /* 16 lanes widened, exactly */
   return _mm512_castsi512_ps(
       _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+/* Pairs [i, i + 16) of a row by the portable rounding (NaN or denormal results). Out of
+ * line: rare, and one copy instead of one per instantiation and block (build time). */
+static __attribute__((noinline)) void bf16_block_portable(const uint16_t *xr, uint16_t *yr,
+                                                          const float *cr, const float *sr,
+                                                          int64_t i, int64_t n, int interleaved,
+                                                          float sign) {
+  for (int64_t j = i; j < i + 16; j++) {
+    int64_t p = interleaved ? 2 * j : j, q = interleaved ? 2 * j + 1 : j + n;
+    float aj = bf16_load(xr[p]), bj = bf16_load(xr[q]), cj = cr[j], sj = sign * sr[j];
+    yr[p] = bf16_store(aj * cj - bj * sj);
+    yr[q] = bf16_store(bj * cj + aj * sj);
+  }
 }
 
 static inline __attribute__((always_inline)) void bf16_cvt_one(
@@ -305,12 +327,7 @@ static inline __attribute__((always_inline)) void bf16_cvt_one(
     __m512 yb = _mm512_add_ps(_mm512_mul_ps(b, c), _mm512_mul_ps(a, s));
     if (__builtin_expect(_mm512_fpclass_ps_mask(ya, BF16_SPECIAL) |
                              _mm512_fpclass_ps_mask(yb, BF16_SPECIAL), 0)) {
-      for (int64_t j = i; j < i + 16; j++) { /* NaN or denormal: the portable rounding */
-        int64_t p = interleaved ? 2 * j : j, q = interleaved ? 2 * j + 1 : j + n;
-        float aj = bf16_load(xr[p]), bj = bf16_load(xr[q]), cj = cr[j], sj = sign * sr[j];
-        yr[p] = bf16_store(aj * cj - bj * sj);
-        yr[q] = bf16_store(bj * cj + aj * sj);
-      }
+      bf16_block_portable(xr, yr, cr, sr, i, n, interleaved, sign);
       continue;
     }
     __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(yb, ya); /* lanes 0-15: ya, 16-31: yb */
@@ -608,11 +625,12 @@ static int same_rows(const plan_t *a, const plan_t *b) {
 }
 
 /* Calls whose outputs (all tensors together) have at least this many bytes use streaming
- * stores; negative: never. ropekit/apply/cpu/loader.py sets it to the size of the
- * last-level cache that the kernel's threads share (sysfs; glibc's sysconf reports the
- * whole package's L3 on EPYC, 12x too large), so that outputs which could still be in
- * the cache for the next op are stored normally. 32 MiB until set. Tests set 0 (stream
- * everything) or -1. Not thread-safe: set it when no call is running. */
+ * stores; negative: never. ropekit/apply/cpu/loader.py sets it to the last-level cache
+ * of the process's CPUs together (sysfs: per core complex, times the complexes it may
+ * run on; glibc's sysconf reports the whole package's L3 on EPYC, 12x too much for a
+ * 2-core guest), so that outputs which could still be in the cache for the next op are
+ * stored normally. 32 MiB until set. Tests set 0 (stream everything) or -1. Not
+ * thread-safe: set it when no call is running. */
 static int64_t stream_bytes = (int64_t)32 << 20;
 void ropekit_set_stream_min_bytes(int64_t bytes) { stream_bytes = bytes; }
 int64_t ropekit_stream_min_bytes(void) {
@@ -642,10 +660,9 @@ int ropekit_rotate(int32_t ntensors, const int64_t *records, int32_t dtype, int6
   if (total == 0) return OK;
   const int paired = ntensors == 2 && same_rows(&plans[0], &plans[1]);
   const int64_t esize = dtype == F64 ? 8 : dtype == F32 ? 4 : 2;
-  /* float16 keeps plain stores: its rows already go through float32 buffers, and
-   * streaming them measured mixed (half layout faster, interleaved ~10% slower) */
-  const int stream = dtype != F16 && total * d * esize >= ropekit_stream_min_bytes() &&
-                     d * esize <= STREAM_MAX_ROW;
+  /* streaming stores: rows that support them (stream_row) use them */
+  const int stream = (dtype == F32 || dtype == BF16) &&
+                     total * d * esize >= ropekit_stream_min_bytes() && d * esize <= STREAM_MAX_ROW;
 #pragma omp parallel num_threads(nthreads > 1 ? nthreads : 1)
   {
     int64_t nt = 1, tid = 0, base = 0;
