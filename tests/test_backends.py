@@ -607,3 +607,21 @@ def test_bench_subcommand_parses_and_formats() -> None:
     assert "torchtune: missing" in text
     with pytest.raises(ropekit.RopeValueError, match="--rounds=0"):
         bench.run(argparse.Namespace(rounds=0, compile=False, first_call=False, shapes=None))
+
+
+def test_compiled_backend_past_the_recompile_limit_warns_and_stays_correct(monkeypatch) -> None:
+    """With Dynamo's limit exhausted, new patterns run the uncompiled formula: same values,
+    a RuntimeWarning, no failure."""
+    from ropekit.apply import compiled
+
+    torch._dynamo.reset()
+    compiled._warn_limit.cache_clear()
+    monkeypatch.setattr(compiled, "_RECOMPILE_LIMIT", 1)
+    cos, sin = ropekit.cos_sin(ropekit.inv_freq(8), torch.arange(3))
+    with torch._dynamo.config.patch(recompile_limit=1):
+        apply_rope(torch.randn(2, 3, 8), cos, sin, backend="compiled")  # the one allowed graph
+        x = torch.randn(2, 3, 8, dtype=torch.float64)  # a new pattern: past the limit
+        with pytest.warns(RuntimeWarning, match="recompile limit"):
+            got = apply_rope(x, cos.double(), sin.double(), backend="compiled")
+    assert torch.equal(got, apply_rope(x, cos.double(), sin.double(), backend="reference"))
+    torch._dynamo.reset()

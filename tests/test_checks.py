@@ -169,16 +169,16 @@ views = st.tuples(
 
 
 @given(views, views)
-def test_overlap_is_sound_and_exact_for_alike_views(a, b) -> None:
+def test_overlap_and_self_overlap_are_never_missed(a, b) -> None:
+    """Any strides, expanded and overlapping windows included: a sharing of memory is
+    always reported (false alarms are allowed here; see the exact case below)."""
     buf = torch.zeros(200)
     (sa, sta, oa), (sb, stb, ob) = a, b
-    sb = sb[: len(sa)] + [1] * (len(sa) - len(sb))
+    sb = sb[: len(sa)] + [1] * (len(sa) - len(sb))  # b has a's rank
     ta = buf.as_strided(sa, sta[: len(sa)], oa)
-    tb = buf.as_strided(sb, (stb if len(stb) >= len(sa) else sta)[: len(sa)], ob)
+    tb = buf.as_strided(sb, stb[: len(sa)], ob)
     truth_a, truth_b = addresses(ta), addresses(tb)
     assert _self_overlaps(ta) or len(truth_a) == ta.numel(), "self-overlap must never be missed"
-    if _self_overlaps(ta) or _self_overlaps(tb):
-        return
     if truth_a & truth_b:
         assert _overlap(ta, tb), "an overlap must never be missed"
 

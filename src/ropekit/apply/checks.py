@@ -210,7 +210,8 @@ def _hits(delta: int, dims: list[tuple[int, int, int]]) -> bool:
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``a`` and ``b`` (each free of self-overlap) share an element's memory."""
+    """Whether ``a`` and ``b`` may share an element's memory (conservative: True when
+    unsure; exact for two self-overlap-free views of one buffer with equal strides)."""
     a0, a1 = _span(a)
     b0, b1 = _span(b)
     if not (a0 < b1 and b0 < a1) or a.device != b.device:
@@ -218,6 +219,8 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     size = a.element_size()
     if b.element_size() != size or a.stride() != b.stride() or (b0 - a0) % size:
         return True  # not two views of one buffer alike: byte ranges decide
+    if _self_overlaps(a) or _self_overlaps(b):
+        return True
     # Element i of a meets element j of b iff (i - j) . stride = delta, with i - j in
     # [-(size_b - 1), size_a - 1] per dim.
     dims = sorted(
@@ -250,7 +253,7 @@ def _check_memory(
                 "are distinct, as the rotation writes every one"
             )
         for table, tname in ((cos, "cos"), (sin, "sin")):
-            if _overlap(t, table) if not _self_overlaps(table) else _span_overlap(t, table):
+            if _overlap(t, table):
                 raise RopeValueError(
                     f"{name} overlaps {tname} in memory: expected the tables in separate memory"
                 )
@@ -265,7 +268,7 @@ def _check_memory(
         for j, (x, xname) in enumerate(zip(inputs, input_names, strict=True)):
             if j == i and t.data_ptr() == x.data_ptr() and t.stride() == x.stride():
                 raise _out_is_input(name, xname)
-            if _overlap(t, x) if not _self_overlaps(x) else _span_overlap(t, x):
+            if _overlap(t, x):
                 raise RopeValueError(
                     f"{name} overlaps {xname} in memory: expected separate memory (for an "
                     "in-place rotation pass inplace=True instead of out=)"
@@ -277,12 +280,6 @@ def _out_is_input(oname: str, name: str) -> RopeValueError:
         f"{oname} is {name} itself: out= takes a separate buffer; to rotate {name} in place "
         "pass inplace=True (without out=)"
     )
-
-
-def _span_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    a0, a1 = _span(a)
-    b0, b1 = _span(b)
-    return a0 < b1 and b0 < a1 and a.device == b.device
 
 
 def check_call(

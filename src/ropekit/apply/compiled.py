@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .formula import rope_reference
+from .formula import rope_reference, rotate_reference
 
 __all__ = ["load", "rotate_compiled"]
 
@@ -89,11 +89,7 @@ def rotate_compiled(
         # A long-lived process that has met more than _RECOMPILE_LIMIT patterns: the
         # same formula, uncompiled (same values; slower), said once rather than failing.
         _warn_limit()
-        ys = _rotate(list(xs), cos, sin, interleaved)
-        if outs is None:
-            return tuple(ys)
-        for out, y in zip(outs, ys, strict=True):
-            out.copy_(y)
+        return rotate_reference(xs, outs, cos, sin, interleaved=interleaved, inverse=False)
     finally:
         config.recompile_limit = limit
     return tuple(outs)

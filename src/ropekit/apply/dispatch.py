@@ -158,7 +158,7 @@ def resolve_backend(
     return choice
 
 
-_CPU_AUTO: list[Kernel] = []  # filled once: a list read is cheaper than a cached call
+_CPU_AUTO: list[Kernel] = []  # filled on first use (a fact about the process)
 
 
 def _cpu_auto() -> Kernel:
@@ -214,7 +214,8 @@ def rotate(call: Call, backend: Backend | str) -> tuple[torch.Tensor, ...]:
                         "or use the out-of-place function"
                     )
     if choice is Backend.AUTO and not tables_need_grad and xs[0].is_cpu:
-        kernel, choice = _CPU_AUTO[0] if _CPU_AUTO else _cpu_auto(), Backend.CPU
+        # cpu or, without a C compiler, torch: neither gathers rows itself (_job)
+        kernel, choice = _cpu_auto(), Backend.CPU
         if not needs_grad and call.rows is None:  # the hot path (decode): straight in
             return kernel(
                 xs, xs if inplace else outs, call.cos, call.sin, None,

@@ -1,39 +1,7 @@
-"""Frequency math: the unscaled spectrum and the context-extension methods."""
+"""Frequency math: the unscaled spectrum (``base``), the context-extension methods
+(``scaling``, public as :mod:`ropekit.scaling`) and the Llama 4 attention temperature."""
 
 from .base import MAX_EXACT_POSITION, inv_freq, rotary_lanes
-from .scaling import (
-    MULTI_AXIS_KEYS,
-    SCALINGS,
-    Dynamic,
-    Linear,
-    Llama3,
-    LongRope,
-    Ntk,
-    Plain,
-    Proportional,
-    Scaling,
-    Yarn,
-    register,
-    scaling_from_dict,
-)
 from .temperature import Llama4Temperature
 
-__all__ = [
-    "MAX_EXACT_POSITION",
-    "MULTI_AXIS_KEYS",
-    "SCALINGS",
-    "Dynamic",
-    "Linear",
-    "Llama3",
-    "Llama4Temperature",
-    "LongRope",
-    "Ntk",
-    "Plain",
-    "Proportional",
-    "Scaling",
-    "Yarn",
-    "inv_freq",
-    "register",
-    "rotary_lanes",
-    "scaling_from_dict",
-]
+__all__ = ["MAX_EXACT_POSITION", "Llama4Temperature", "inv_freq", "rotary_lanes"]

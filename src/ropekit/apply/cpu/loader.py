@@ -231,16 +231,11 @@ def cpu_kernel_status() -> str:
     return f"{kernel.path} ({' '.join(kernel.flags)}){streaming}"
 
 
-_KERNEL: list[_Kernel] = []  # the loaded kernel once found: a list read is the cheapest
-
-
 def kernel() -> _Kernel:
     """The loaded kernel; raises :class:`RopeValueError` with the reason if there is none."""
     loaded = _load()
     if isinstance(loaded, str):
         raise RopeValueError(f"backend='cpu' is not available here: {loaded}")
-    if not _KERNEL:
-        _KERNEL.append(loaded)
     return loaded
 
 
@@ -305,7 +300,7 @@ def rotate_cpu(
     and head dim run in one kernel call (one parallel region). At decode sizes the
     Python here costs as much as the kernel, hence the plain loops.
     """
-    lib = _KERNEL[0] if _KERNEL else kernel()
+    lib = kernel()
     x0 = xs[0]
     dtype, d = x0.dtype, x0.shape[-1]
     code = _DTYPE_CODES.get(dtype)
