@@ -214,16 +214,16 @@ def tokens(shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
 
 def count_rotations(monkeypatch: pytest.MonkeyPatch) -> list[torch.Size]:
     """Record every tensor rotated by ropekit for patched attention layers (q and k of
-    each call of ropekit's ``apply_rotary_pos_emb`` drop-in, which the patch calls)."""
+    each call of ``apply_rope_qk``, which the patch's ``apply_rotary_pos_emb`` calls)."""
     calls: list[torch.Size] = []
-    real = rt.hf_apply_rotary_pos_emb
+    real = rt.apply_rope_qk
 
     def counting(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 unsqueeze_dim: int = 1) -> Any:  # fmt: skip
+                 **kwargs: Any) -> Any:  # fmt: skip
         calls.extend((q.shape, k.shape))
-        return real(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+        return real(q, k, cos, sin, **kwargs)
 
-    monkeypatch.setattr(rt, "hf_apply_rotary_pos_emb", counting)
+    monkeypatch.setattr(rt, "apply_rope_qk", counting)
     return calls
 
 

@@ -246,6 +246,30 @@ def test_decode_steps_equal_rows_of_a_prefill() -> None:
             assert torch.equal(step[1].reshape(-1, 64)[0], prefill[1][m])
 
 
+def test_module_and_hf_decode_steps_equal_rows_of_a_prefill() -> None:
+    """The modules' fast paths (their own frequencies, fine-table row views, HF's [2n]
+    tables built at once) give the public functions' values bit for bit."""
+    config = ropekit.RopeConfig(head_dim=128, theta=500000.0)
+    freqs = config.inv_freq()
+    prefill = cos_sin_range(freqs, 0, 5001)
+    rope = ropekit.RotaryEmbedding(config, backend="reference")
+    tables = ropekit.hf.RotaryTables(config)
+    for m in (0, 1, 63, 64, 65, 1000, 4095, 4999):
+        for dtype in (torch.float32, torch.float64):
+            x = torch.randn(1, 2, 1, 128, dtype=dtype)
+            want = ropekit.apply_rope(x, prefill[0][m : m + 1], prefill[1][m : m + 1])
+            if dtype == torch.float64:  # the float64 tables of the same angles
+                p64 = cos_sin_range(freqs, m, 1, dtype=torch.float64)
+                want = ropekit.apply_rope(x, *p64)
+            assert torch.equal(rope(x, offset=m), want)
+        cos, sin = tables(torch.zeros(1), torch.tensor([[m, m + 1]]))
+        assert cos.shape == (1, 2, 128)
+        for half in (cos[..., :64], cos[..., 64:]):
+            assert torch.equal(half[0], prefill[0][m : m + 2])
+        for half in (sin[..., :64], sin[..., 64:]):
+            assert torch.equal(half[0], prefill[1][m : m + 2])
+
+
 def test_small_positions_equal_the_direct_formula() -> None:
     # |m| < 64: hi = 0, and the formula reduces exactly to f * cos(m * theta)
     positions = torch.arange(-63, 64)

@@ -54,6 +54,8 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
 
     Accepts ``int`` and numpy integers; refuses bools, floats (``4096.0``) and strings.
     """
+    if type(value) is int and (minimum is None or value >= minimum):
+        return value  # the common case, first: this runs on every call at decode sizes
     if isinstance(value, torch.SymInt) or torch.compiler.is_compiling():
         # Under torch.compile(dynamic=True) an int argument arrives as a symbol: comparing
         # or indexing it here would specialise (or break) the graph. It was an int when

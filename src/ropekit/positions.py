@@ -177,6 +177,8 @@ class Positions:
         Shapes and dtypes are checked here; values (``cu_seqlens``, and rows against a
         table's length in :meth:`check_rows`) on the host for CPU tensors only.
         """
+        if positions is None and cu_seqlens is None and type(offset) is int:
+            return cls(size, offset)  # an int offset (decode, prefill): nothing to read
         packed = batch is None
         if cu_seqlens is not None:
             if not packed:

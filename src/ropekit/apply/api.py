@@ -46,7 +46,7 @@ from ..errors import RopeValueError, check_int
 from .checks import check_call, from_canonical
 from .dispatch import Backend, rotate
 
-__all__ = ["apply_rope", "apply_rope_qk", "apply_rotary_pos_emb"]
+__all__ = ["apply_rope", "apply_rope_qk", "apply_rotary_pos_emb", "hf_halves"]
 
 _Pos = torch.Tensor | None
 _Off = int | torch.Tensor | None
@@ -215,12 +215,24 @@ def apply_rotary_pos_emb(
         dtype is the promotion of ``q`` and the tables; with tables in ``q``'s dtype, as
         its rotary modules return them, the two agree).
     """
-    check_int("unsqueeze_dim", unsqueeze_dim)
-    if unsqueeze_dim not in (1, 2):
+    c, s = hf_halves(cos, sin, unsqueeze_dim)
+    return apply_rope_qk(q, k, c, s, backend=backend)
+
+
+def hf_halves(
+    cos: object, sin: object, unsqueeze_dim: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first halves of Hugging Face tables ``[b, s, 2n]`` / ``[s, 2n]``, with a size-1
+    heads dim where ``unsqueeze_dim`` puts it: ``[b, 1, s, n]`` / ``[b, s, 1, n]`` (or
+    ``[s, n]`` / ``[s, 1, n]``), checked. One ``as_strided`` view each: at decode sizes a
+    slice plus an unsqueeze cost more than the rest of the argument checks."""
+    if type(unsqueeze_dim) is not int or (unsqueeze_dim != 1 and unsqueeze_dim != 2):
+        check_int("unsqueeze_dim", unsqueeze_dim)
         raise RopeValueError(
             f"unsqueeze_dim={unsqueeze_dim} is not allowed: expected 1 ([b, h, s, d] inputs) "
             "or 2 ([b, s, h, d] inputs)"
         )
+    views = []
     for name, t in (("cos", cos), ("sin", sin)):
         if not isinstance(t, torch.Tensor) or t.ndim not in (2, 3) or t.shape[-1] % 2:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -228,10 +240,17 @@ def apply_rotary_pos_emb(
                 f"{name} of shape {shape} is not allowed: expected Hugging Face's [b, s, 2n] "
                 "or [s, 2n] table (an even last dim: two copies of n values)"
             )
-    n = cos.shape[-1] // 2
-    c, s = cos[..., :n], sin[..., :n]
-    if c.ndim == 3:  # [b, s, n] -> [b, 1, s, n] or [b, s, 1, n]
-        c, s = c.unsqueeze(unsqueeze_dim), s.unsqueeze(unsqueeze_dim)
-    elif unsqueeze_dim == 2:  # [s, n] -> [s, 1, n]
-        c, s = c.unsqueeze(1), s.unsqueeze(1)
-    return apply_rope_qk(q, k, c, s, backend=backend)
+        shape, stride = t.shape, t.stride()
+        n = shape[-1] // 2
+        if len(shape) == 3:  # [b, s, n] -> [b, 1, s, n] or [b, s, 1, n]
+            b, s, _ = shape
+            if unsqueeze_dim == 1:
+                view = (b, 1, s, n), (stride[0], 0, stride[1], stride[2])
+            else:
+                view = (b, s, 1, n), (stride[0], stride[1], 0, stride[2])
+            views.append(t.as_strided(*view))
+        elif unsqueeze_dim == 2:  # [s, n] -> [s, 1, n]
+            views.append(t.as_strided((shape[0], 1, n), (stride[0], 0, stride[1])))
+        else:  # [s, n]: broadcasts over [b, h, s, d] as it is
+            views.append(t.narrow(-1, 0, n))
+    return views[0], views[1]

@@ -307,26 +307,32 @@ def check_call(
         _flag("interleaved", interleaved)
     if inverse is not True and inverse is not False:
         _flag("inverse", inverse)
-    # Written for decode sizes, where this function costs as much as the rotation: each
-    # tensor attribute is read once, and the common case (CPU, one device) skips the
-    # device objects.
+    # Written for decode sizes, where this function costs as much as the rotation: plain
+    # loops rather than generators, each tensor attribute read once, and the common case
+    # (CPU, one device) skips the device objects.
     indexed = positions is not None or offset is not None or cu_seqlens is not None
-    checked = tuple(_check_x(name, x, layout, indexed) for x, name in zip(xs, names, strict=True))
+    checked = []
+    for x, name in zip(xs, names, strict=True):
+        checked.append(_check_x(name, x, layout, indexed))
     x0 = checked[0]
     cos, sin = _check_tables(cos, sin, x0)
-    for x, name in zip(checked[1:], names[1:], strict=True):
-        if x.is_cpu != x0.is_cpu or (not x.is_cpu and x.device != x0.device):
+    cshape = cos.shape
+    n = cshape[-1]
+    x0_cpu = x0.is_cpu
+    for i, x in enumerate(checked):
+        name = names[i]
+        if i and (x.is_cpu != x0_cpu or (not x0_cpu and x.device != x0.device)):
             raise RopeValueError(
                 f"{names[0]} is on {x0.device}, {name} on {x.device}: expected one device"
             )
-    cshape = cos.shape
-    n = cshape[-1]
-    for x, name in zip(checked, names, strict=True):
         if 2 * n > x.shape[-1]:
             raise RopeValueError(
                 f"cos has n={n} pairs, which need 2n={2 * n} lanes, but {name}.shape[-1]="
                 f"{x.shape[-1]}: expected 2 * cos.shape[-1] <= {name}.shape[-1]"
             )
+        if not indexed:
+            _check_broadcast(name, x, cshape)
+    checked = tuple(checked)
     canon = checked if layout == "bhsd" else tuple(_canonical(x, layout) for x in checked)
     rows = None
     if indexed:
@@ -348,25 +354,22 @@ def check_call(
             cu_seqlens=cu_seqlens, device=x0.device,
         )  # fmt: skip
         rows.check_rows(cshape[0], x0.device)
-    else:
-        for x, name in zip(checked, names, strict=True):
-            _check_broadcast(name, x, cshape)
-        if layout != "bhsd":  # tables in the caller's layout, to canonical like x
-            if len(cshape) == 2 and cshape[0] != 1:
-                # Right-aligned, a [s, n] table would line up with the heads dim of a
-                # [b, s, h, d] / [t, h, d] tensor: never what is meant, and silently wrong
-                # when s == h.
-                want = "[s, 1, n] or [b, s, 1, n]" if layout == "bshd" else "[t, 1, n]"
-                raise RopeValueError(
-                    f"cos.shape={tuple(cshape)} is not allowed with layout={layout!r}: its "
-                    f"first dim would line up with the heads; expected {want} (or a [R, n] "
-                    "table with positions/offset/cu_seqlens)"
-                )
-            rank = x0.ndim
-            if cos.ndim < rank:
-                cos = cos.reshape((1,) * (rank - cos.ndim) + tuple(cshape))
-                sin = sin.reshape(cos.shape)
-            cos, sin = _canonical(cos, layout), _canonical(sin, layout)
+    elif layout != "bhsd":  # tables in the caller's layout, to canonical like x
+        if len(cshape) == 2 and cshape[0] != 1:
+            # Right-aligned, a [s, n] table would line up with the heads dim of a
+            # [b, s, h, d] / [t, h, d] tensor: never what is meant, and silently wrong
+            # when s == h.
+            want = "[s, 1, n] or [b, s, 1, n]" if layout == "bshd" else "[t, 1, n]"
+            raise RopeValueError(
+                f"cos.shape={tuple(cshape)} is not allowed with layout={layout!r}: its "
+                f"first dim would line up with the heads; expected {want} (or a [R, n] "
+                "table with positions/offset/cu_seqlens)"
+            )
+        rank = x0.ndim
+        if cos.ndim < rank:
+            cos = cos.reshape((1,) * (rank - cos.ndim) + tuple(cshape))
+            sin = sin.reshape(cos.shape)
+        cos, sin = _canonical(cos, layout), _canonical(sin, layout)
 
     if inplace is not True and inplace is not False:
         _flag("inplace", inplace)

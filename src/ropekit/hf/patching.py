@@ -95,7 +95,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..apply.api import apply_rotary_pos_emb as hf_apply_rotary_pos_emb
+from ..apply.api import apply_rope_qk, hf_halves
 from ..config import RopeConfig
 from ..errors import RopeValueError
 from .config import from_hf
@@ -152,9 +152,10 @@ class UnsupportedModelError(RopeValueError):
 
 
 def _ropekit_apply(n_pairs: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """An ``apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)`` that calls ropekit's
-    drop-in (:func:`ropekit.hf.apply_rotary_pos_emb`: one kernel call for q and k), after
-    checking that the tables have the patched model's pair count."""
+    """An ``apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)`` doing what ropekit's
+    drop-in (:func:`ropekit.hf.apply_rotary_pos_emb`) does, one kernel call for q and k,
+    after checking that the tables have the patched model's pair count (its pieces
+    called directly: this runs once per layer and decoded token)."""
 
     def apply_rotary_pos_emb(
         q: torch.Tensor,
@@ -163,12 +164,13 @@ def _ropekit_apply(n_pairs: int) -> Callable[..., tuple[torch.Tensor, torch.Tens
         sin: torch.Tensor,
         unsqueeze_dim: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if cos.shape[-1] != 2 * n_pairs:
+        c, s = hf_halves(cos, sin, unsqueeze_dim)
+        if c.shape[-1] != n_pairs:
             raise RopeValueError(
                 f"cos.shape={tuple(cos.shape)} is not allowed: the patched model rotates "
                 f"n={n_pairs} pairs, expected Hugging Face tables [..., 2n={2 * n_pairs}]"
             )
-        return hf_apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+        return apply_rope_qk(q, k, c, s)
 
     return apply_rotary_pos_emb
 

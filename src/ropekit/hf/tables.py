@@ -16,7 +16,7 @@ from ..apply import compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError
 from ..modules.rotary import KeptFrequencies
-from ..tables import cos_sin
+from ..tables.cos_sin import cos_sin, position_tables
 
 __all__ = ["RotaryTables"]
 
@@ -52,7 +52,8 @@ class RotaryTables(KeptFrequencies):
                 "config.interleaved=True is not allowed: Hugging Face's rotate_half pairs lanes "
                 "(i, i + n), expected interleaved=False"
             )
-        super().__init__(config)  # kept float64 frequencies, following the device
+        # kept float64 frequencies [2n] (Hugging Face's format), following the device
+        super().__init__(config, duplicated=True)
 
     def extra_repr(self) -> str:
         return repr(self.config)
@@ -69,11 +70,12 @@ class RotaryTables(KeptFrequencies):
         if self._frequencies is None:
             # As Hugging Face: the longest position of the call picks the table set.
             inv_freq, factor = self.config.frequencies(int(position_ids.max()) + 1)
-            fine = None
-        else:
-            (inv_freq, fine), factor = self._on(position_ids.device), self._frequencies[1]
-        cos, sin = cos_sin(
-            inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype),
-            fine_table=fine,
-        )  # fmt: skip
-        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+            cos, sin = cos_sin(
+                inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype)
+            )
+            return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+        inv_freq, fine = self._on(position_ids.device)  # [2n]: both halves at once
+        rows = self._lo_rows if fine is self._fine else None
+        return position_tables(
+            inv_freq, position_ids, self._frequencies[1], fine, compute_dtype(x.dtype), rows
+        )

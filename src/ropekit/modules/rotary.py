@@ -52,7 +52,7 @@ from ..apply.formula import compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError, check_int, check_tensor
 from ..positions import Positions
-from ..tables.cos_sin import cos_sin, cos_sin_range, fine_table
+from ..tables.cos_sin import cos_sin, cos_sin_range, fine_rows, fine_table, range_tables
 
 __all__ = ["KeptFrequencies", "RotaryEmbedding", "fixed_frequencies"]
 
@@ -82,27 +82,35 @@ def _check_layout(layout: object) -> str:
 class KeptFrequencies(nn.Module):
     """Base of the modules that keep a config's length-independent float64 frequencies.
 
-    Holds ``inv_freq`` ``[n]`` and the angle-addition fine table (:func:`fine_table`),
+    Holds ``inv_freq`` ``[n]`` (``[2n]``, it twice, with ``duplicated=True``) and the
+    angle-addition fine table (:func:`fine_table`),
     computed once from the frozen config on the CPU (the master copies), and a copy of
     each on the module's device: ``_apply`` moves them with ``module.to(device)``,
     ``.cuda()`` and ``to_empty``, and never casts them (``module.to(torch.bfloat16)``
     leaves them float64). Length-dependent methods keep nothing (``_frequencies`` None).
     """
 
-    def __init__(self, config: RopeConfig) -> None:
+    def __init__(self, config: RopeConfig, *, duplicated: bool = False) -> None:
         super().__init__()
         if not isinstance(config, RopeConfig):
             raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
         self._config = config
         self._frequencies = fixed_frequencies(config)  # float64, CPU: the master copy
-        self._inv_freq = self._fine = self._fine_master = None
+        self._inv_freq = self._fine = self._fine_master = self._lo_rows = None
         if self._frequencies is not None:
             inv, factor = self._frequencies
+            if duplicated:
+                # [2n]: inv_freq twice, for tables in Hugging Face's format (both halves
+                # equal), built directly rather than concatenated per call; every entry
+                # is the same function of (m, theta_i) as in the [n] tables.
+                inv = torch.cat((inv, inv))
+                self._frequencies = inv, factor
             # The angle-addition tables' fine part (cos/sin of lo θ, lo < 64, with the
             # attention factor folded in): a pure function of the config, like inv_freq,
             # so a call does trig only for its own blocks (ropekit.tables).
             self._fine_master = fine_table(inv, attention_factor=factor)
             self._inv_freq, self._fine = inv, self._fine_master
+            self._lo_rows = fine_rows(self._fine)  # views of it, for decode-size tables
 
     @property
     def config(self) -> RopeConfig:
@@ -118,6 +126,7 @@ class KeptFrequencies(nn.Module):
             probe = fn(torch.empty(0, dtype=torch.float64, device=self._inv_freq.device))
             self._inv_freq = self._frequencies[0].to(probe.device)
             self._fine = self._fine_master.to(probe.device)
+            self._lo_rows = fine_rows(self._fine)
         return self
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,27 +221,35 @@ class RotaryEmbedding(KeptFrequencies):
             ``(q_rot, k_rot)`` shaped and typed like ``q`` and ``k``; ``q_rot`` alone
             when ``k`` is None.
         """
+        # Written for decode sizes, where this Python costs as much as the rotation:
+        # each attribute read once, no generators.
         check_tensor("q", q)
-        xs = (q,) if k is None else (q, check_tensor("k", k))
         layout = self.layout
         packed = layout == "thd"
-        rank = 3 if packed else 4
-        if any(x.ndim != rank for x in xs):
+        qshape = q.shape
+        if k is not None:
+            check_tensor("k", k)
+            kshape = k.shape
+        if len(qshape) != (3 if packed else 4) or (
+            k is not None and len(kshape) != len(qshape)
+        ):
             want = {"bhsd": "[b, h, s, d]", "bshd": "[b, s, h, d]", "thd": "[t, h, d]"}[layout]
+            xs = (q,) if k is None else (q, k)
             shapes = ", ".join(f"{n}.shape={tuple(x.shape)}" for n, x in zip("qk", xs, strict=False))
             raise RopeValueError(
                 f"{shapes}: expected {want} for layout={layout!r} (set layout= on the module "
                 "to say how q and k are laid out; it is never guessed)"
             )
-        b, s = (None, q.shape[0]) if packed else (q.shape[0], q.shape[1 if layout == "bshd" else 2])
-        d = q.shape[-1]
-        if k is not None:
-            kb, ks = (None, k.shape[0]) if packed else (k.shape[0], k.shape[1 if layout == "bshd" else 2])
-            if kb != b or ks != s or k.shape[-1] != d:
-                raise RopeValueError(
-                    f"q.shape={tuple(q.shape)} and k.shape={tuple(k.shape)} do not match: "
-                    f"expected equal batch, sequence (or token) and head dims for layout={layout!r}"
-                )
+        seq_dim = 0 if packed else (1 if layout == "bshd" else 2)
+        b, s = (None if packed else qshape[0]), qshape[seq_dim]
+        d = qshape[-1]
+        if k is not None and (
+            (not packed and kshape[0] != b) or kshape[seq_dim] != s or kshape[-1] != d
+        ):
+            raise RopeValueError(
+                f"q.shape={tuple(qshape)} and k.shape={tuple(kshape)} do not match: "
+                f"expected equal batch, sequence (or token) and head dims for layout={layout!r}"
+            )
         if d != self.config.head_dim:
             raise RopeValueError(
                 f"q.shape[-1]={d} is not allowed: expected head_dim={self.config.head_dim}"
@@ -243,17 +260,24 @@ class RotaryEmbedding(KeptFrequencies):
         # Tables in float32 for half/float32 inputs (float64 for float64 inputs): the
         # rotation itself runs in that dtype, so rounding them to bf16 first would only
         # add error.
-        dtype = compute_dtype(q.dtype if k is None else torch.promote_types(q.dtype, k.dtype))
+        dtype = q.dtype if k is None or k.dtype == q.dtype else torch.promote_types(q.dtype, k.dtype)
+        dtype = compute_dtype(dtype)
         if seq_len is not None:
             check_int("seq_len", seq_len, minimum=1)
         if where.implicit and self._frequencies is not None:
             # offset + arange(s): built from Python ints, no positions tensor read (the
             # common prefill and decode case; no host sync on an accelerator)
             inv_freq, fine = self._on(q.device)
-            cos, sin = cos_sin_range(
-                inv_freq, where.offset, s, attention_factor=self._frequencies[1], dtype=dtype,
-                fine_table=fine,
-            )  # fmt: skip
+            if torch.compiler.is_compiling():
+                cos, sin = cos_sin_range(
+                    inv_freq, where.offset, s, attention_factor=self._frequencies[1],
+                    dtype=dtype, fine_table=fine,
+                )  # fmt: skip
+            else:  # the arguments cos_sin_range would check are the module's own (no grad)
+                rows = self._lo_rows if fine is self._fine else None
+                cos, sin = range_tables(
+                    inv_freq, where.offset, s, self._frequencies[1], fine, dtype, rows
+                )  # fmt: skip
             rows_ndim = 1
         else:
             rows = where.rows(q.device)  # int64 [s], [b, s] or [t]
@@ -266,10 +290,12 @@ class RotaryEmbedding(KeptFrequencies):
                 cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         else:  # [s, n] -> [s, 1, n]; [b, s, n] -> [b, s, 1, n]; [t, n] -> [t, 1, n]
             cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-        args = dict(layout=layout, interleaved=self.config.interleaved, backend=self.backend)
+        interleaved = self.config.interleaved
         if k is None:
-            return apply_rope(q, cos, sin, **args)
-        return apply_rope_qk(q, k, cos, sin, **args)
+            return apply_rope(q, cos, sin, layout=layout, interleaved=interleaved, backend=self.backend)
+        return apply_rope_qk(
+            q, k, cos, sin, layout=layout, interleaved=interleaved, backend=self.backend
+        )
 
     def _seq_len(
         self, rows: torch.Tensor, where: Positions, s: int, seq_len: int | None

@@ -52,13 +52,14 @@ head_dim 128, 150 random positions per range; the bounds are asserted in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from ..errors import RopeValueError, check_float, check_float_dtype, check_int, check_tensor
 from ..frequencies.base import MAX_EXACT_POSITION
 
-__all__ = ["BLOCK", "check_positions", "cos_sin", "cos_sin_range", "fine_table"]
+__all__ = ["BLOCK", "check_positions", "cos_sin", "cos_sin_range", "fine_rows", "fine_table", "position_tables", "range_tables"]
 
 #: Block size of the angle-addition split ``m = hi + lo`` (``hi`` a multiple of it).
 #: Part of the definition of the tables' values: changing it changes their last bits.
@@ -218,23 +219,32 @@ def _range_grid(
     table: torch.Tensor | None,
     dtype: torch.dtype,
     out: torch.Tensor | None = None,
+    lo_rows: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """``[2, length, n]`` tables of ``dtype`` for positions ``start ..`` (``start >= 0``).
 
     Block ``k`` of the grid holds positions ``(k0 + k) * B + j``, ``j < B``: ``hi`` trig
     once per block, ``lo`` trig once per ``j``. Written into ``out`` when given.
+    ``lo_rows``: :func:`fine_rows` of ``table``, for one-position tables.
     """
     n = freqs.shape[0]
     k0, j0 = divmod(start, BLOCK)
     blocks = (j0 + length - 1) // BLOCK + 1
     if blocks == 1:  # decode and short tables: one hi, no grid
         angle = freqs * float(k0 * BLOCK)
-        if table is None:
-            fine = _lo_fine(freqs, j0, j0 + length, factor)
+        if lo_rows is not None and length == 1:
+            p, q = lo_rows[j0]
+        elif table is None:
+            p, q = _lo_fine(freqs, j0, j0 + length, factor)
         else:
-            fine = table.narrow(2, BLOCK - 1 + j0, length)
-        got = _combine(torch.cos(angle), torch.sin(angle), fine)
-        return got.to(dtype) if out is None else out.copy_(got)
+            p, q = table[:, :, BLOCK - 1 + j0 : BLOCK - 1 + j0 + length]
+        # _combine, with the sum rounded straight into the result (float64 sum, then one
+        # rounding to dtype, as .to(dtype) would): at decode sizes every op is ~1 us
+        x = torch.cos(angle) * p
+        y = torch.sin(angle) * q
+        if out is None:
+            out = torch.empty(2, length, n, dtype=dtype, device=freqs.device)
+        return torch.add(x, y, out=out)
     f64 = dict(dtype=torch.float64, device=freqs.device)
     angle = (torch.arange(k0, k0 + blocks, **f64) * BLOCK).unsqueeze(-1) * freqs
     c_hi, s_hi = torch.cos(angle).unsqueeze(1), torch.sin(angle).unsqueeze(1)  # [blocks, 1, n]
@@ -333,6 +343,7 @@ def _cpu_tables(
     factor: float,
     table: torch.Tensor | None,
     dtype: torch.dtype,
+    lo_rows: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor | None:
     """``[2, *P, n]`` tables for CPU positions outside torch.compile, structure read from
     the data (aranges: the grid; other integers: gathered rows); None for small or
@@ -348,7 +359,7 @@ def _cpu_tables(
         first = int(values[0])
         if first < 0 or values != list(range(first, first + len(values))):
             return None
-        got = _range_grid(freqs, first, len(values), factor, table, dtype)
+        got = _range_grid(freqs, first, len(values), factor, table, dtype, lo_rows=lo_rows)
         return got if positions.ndim == 1 else got.view(2, *positions.shape, n)
     check_positions(positions)
     if positions.is_floating_point() and not bool((positions == positions.trunc()).all()):
@@ -389,6 +400,19 @@ def fine_table(inv_freq: torch.Tensor, *, attention_factor: float = 1.0) -> torc
     j = torch.arange(-(BLOCK - 1), BLOCK, dtype=torch.float64, device=freqs.device)
     angle = j.unsqueeze(-1) * freqs
     return _fine_rows(torch.cos(angle), torch.sin(angle), attention_factor)
+
+
+def fine_rows(table: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Views of a :func:`fine_table` by ``lo = 0 .. B - 1``: ``rows[lo] = (P, Q)``, each
+    ``[2, 1, n]`` (``P = f (cos, sin)(lo θ)``, ``Q = f (-sin, cos)(lo θ)``).
+
+    For modules, which build tables of one position per decoded token: picking the
+    views from a tuple saves the two view ops (slice, unbind) that cost as much as a
+    product at that size. Same values as slicing ``table``.
+    """
+    return tuple(
+        tuple(table[:, :, BLOCK - 1 + lo : BLOCK + lo].unbind(0)) for lo in range(BLOCK)
+    )  # type: ignore[return-value]
 
 
 def cos_sin(
@@ -438,19 +462,36 @@ def cos_sin(
     check_float_dtype("dtype", dtype)
     freqs = _f64(inv_freq, positions.device)
     table = _check_fine_table(fine_table, freqs.shape[0], positions.device)
+    return position_tables(freqs, positions, attention_factor, table, dtype)
+
+
+def position_tables(
+    freqs: torch.Tensor,
+    positions: torch.Tensor,
+    factor: float,
+    table: torch.Tensor | None,
+    dtype: torch.dtype,
+    lo_rows: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cos_sin` for callers that hold checked frequencies: float64 ``freqs``
+    ``[n]`` and ``table`` (:func:`fine_table` of them, or None; ``lo_rows``
+    :func:`fine_rows` of it) on ``positions``' device, a floating ``dtype``. The
+    positions are checked here (dtype, and values where they can be read). For modules,
+    which validate their frequencies once at construction."""
+    _check_positions_dtype(positions)
     both = None
     if (
-        positions.device.type == "cpu"
+        positions.is_cpu
         and not _is_compiling()
         and positions.numel()
         and not _needs_grad(freqs)
     ):
-        both = _cpu_tables(freqs, positions, attention_factor, table, dtype)  # checks values
+        both = _cpu_tables(freqs, positions, factor, table, dtype, lo_rows)  # checks values
     else:
         check_positions(positions)
     if both is None:
-        both = _per_token(freqs, positions, attention_factor, table).to(dtype)
-    return both[0], both[1]
+        both = _per_token(freqs, positions, factor, table).to(dtype)
+    return both.unbind(0)
 
 
 def cos_sin_range(
@@ -501,16 +542,35 @@ def cos_sin_range(
         p = torch.arange(start, start + length, device=freqs.device)  # int64
         both = _per_token(freqs, p, attention_factor, table).to(dtype)
         return both[0], both[1]
-    if max(abs(start), abs(start + length - 1)) > MAX_EXACT_POSITION:
+    return range_tables(freqs, start, length, attention_factor, table, dtype)
+
+
+def range_tables(
+    freqs: torch.Tensor,
+    start: int,
+    length: int,
+    factor: float,
+    table: torch.Tensor | None,
+    dtype: torch.dtype,
+    lo_rows: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cos_sin_range` for callers that hold checked arguments (eager, no grad):
+    float64 ``freqs`` ``[n]``, ``table`` from :func:`fine_table` of them (or None) on
+    their device, a floating ``dtype``, ``length >= 0``. Only the positions' range is
+    checked here. For modules, which validate their frequencies once at construction:
+    at decode sizes the argument checks of the public function cost a third of the tables.
+    """
+    last = start + length - 1
+    if (start < 0 or last > MAX_EXACT_POSITION) and max(abs(start), abs(last)) > MAX_EXACT_POSITION:
         raise RopeValueError(
             f"start={start} with length={length} reaches |position| "
-            f"{max(abs(start), abs(start + length - 1))}: expected |position| <= 2**53"
+            f"{max(abs(start), abs(last))}: expected |position| <= 2**53"
         )
     if length == 0:
         both = torch.empty(2, 0, freqs.shape[0], dtype=dtype, device=freqs.device)
     elif start < 0:
         p = torch.arange(start, start + length, device=freqs.device)  # int64
-        both = _per_token(freqs, p, attention_factor, table).to(dtype)
+        both = _per_token(freqs, p, factor, table).to(dtype)
     else:
-        both = _range_grid(freqs, start, length, attention_factor, table, dtype)
-    return both[0], both[1]
+        both = _range_grid(freqs, start, length, factor, table, dtype, lo_rows=lo_rows)
+    return both.unbind(0)
