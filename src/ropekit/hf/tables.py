@@ -75,7 +75,7 @@ class RotaryTables(KeptFrequencies):
             )
             return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
         inv_freq, fine = self._on(position_ids.device)  # [2n]: both halves at once
-        rows = self._lo_rows if fine is self._fine else None
+        rows = self._rows if fine is self._fine else None
         return position_tables(
             inv_freq, position_ids, self._frequencies[1], fine, compute_dtype(x.dtype), rows
         )

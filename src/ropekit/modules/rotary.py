@@ -52,9 +52,20 @@ from ..apply.formula import compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError, check_int, check_tensor
 from ..positions import Positions
-from ..tables.cos_sin import cos_sin, cos_sin_range, fine_rows, fine_table, range_tables
+from ..tables.cos_sin import (
+    DecodeRows,
+    cos_sin,
+    cos_sin_range,
+    decode_rows,
+    fine_table,
+    range_tables,
+)
 
 __all__ = ["KeptFrequencies", "RotaryEmbedding", "fixed_frequencies"]
+
+# Positions whose hi trig a module keeps (decode_rows): from 8192 (128 KiB at 64 pairs)
+# up to the config's max_position, at most 65536 (1 MiB).
+_DECODE_ROWS_MIN, _DECODE_ROWS_MAX = 2**13, 2**16
 
 
 def fixed_frequencies(config: RopeConfig) -> tuple[torch.Tensor, float] | None:
@@ -96,7 +107,7 @@ class KeptFrequencies(nn.Module):
             raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
         self._config = config
         self._frequencies = fixed_frequencies(config)  # float64, CPU: the master copy
-        self._inv_freq = self._fine = self._fine_master = self._lo_rows = None
+        self._inv_freq = self._fine = self._fine_master = self._rows = None
         if self._frequencies is not None:
             inv, factor = self._frequencies
             if duplicated:
@@ -110,7 +121,13 @@ class KeptFrequencies(nn.Module):
             # so a call does trig only for its own blocks (ropekit.tables).
             self._fine_master = fine_table(inv, attention_factor=factor)
             self._inv_freq, self._fine = inv, self._fine_master
-            self._lo_rows = fine_rows(self._fine)  # views of it, for decode-size tables
+            self._rows = self._decode_rows()  # views of them, for decode-size tables
+
+    def _decode_rows(self) -> DecodeRows:
+        # hi trig up to the configured context (at least 8192, at most 65536 positions:
+        # <= 1 MiB at 64 pairs), the same pure function of the config as inv_freq
+        limit = min(max(self._config.max_position or 0, _DECODE_ROWS_MIN), _DECODE_ROWS_MAX)
+        return decode_rows(self._inv_freq, self._fine, limit)
 
     @property
     def config(self) -> RopeConfig:
@@ -126,7 +143,7 @@ class KeptFrequencies(nn.Module):
             probe = fn(torch.empty(0, dtype=torch.float64, device=self._inv_freq.device))
             self._inv_freq = self._frequencies[0].to(probe.device)
             self._fine = self._fine_master.to(probe.device)
-            self._lo_rows = fine_rows(self._fine)
+            self._rows = self._decode_rows()
         return self
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,7 +291,7 @@ class RotaryEmbedding(KeptFrequencies):
                     dtype=dtype, fine_table=fine,
                 )  # fmt: skip
             else:  # the arguments cos_sin_range would check are the module's own (no grad)
-                rows = self._lo_rows if fine is self._fine else None
+                rows = self._rows if fine is self._fine else None
                 cos, sin = range_tables(
                     inv_freq, where.offset, s, self._frequencies[1], fine, dtype, rows
                 )  # fmt: skip
