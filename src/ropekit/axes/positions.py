@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import RopeValueError, check_float, check_int, check_tensor
+from ..errors import RopeValueError, check_bool, check_float, check_int, check_tensor
 
 __all__ = [
     "cogvideox_grid",
@@ -302,6 +302,7 @@ def mrope_positions(
     second_per_grid_ts: torch.Tensor | Sequence[float] | None = None,
     attention_mask: torch.Tensor | None = None,
     time_rounding: str = "none",
+    split_video_frames: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen2-VL / Qwen2.5-VL / Qwen3-VL M-RoPE positions of a mixed sequence.
 
@@ -343,6 +344,8 @@ def mrope_positions(
         attention_mask: ``[b, s]`` (or ``[s]``); tokens where it is 0 (padding) are
             skipped and get position 0.
         time_rounding: ``"none"`` (exact, float64) or ``"floor"``.
+        split_video_frames: Qwen3-VL: each video grid ``(T, H, W)`` is ``T`` grids ``(1,
+            H, W)``, one per frame (its processor writes a timestamp between frames).
 
     Returns:
         ``(positions, rope_deltas)``: float64 ``[b, s, 3]`` (or ``[s, 3]``) coordinates
@@ -375,6 +378,7 @@ def mrope_positions(
     if time_rounding not in ("none", "floor"):
         raise RopeValueError(f"time_rounding={time_rounding!r} is not allowed: expected 'none' or 'floor'")
     grids = {1: _grids("image_grid_thw", image_grid_thw), 2: _grids("video_grid_thw", video_grid_thw)}
+    check_bool("split_video_frames", split_video_frames)
     if second_per_grid_ts is None:
         spg = [1.0] * len(grids[2])
     else:
@@ -386,6 +390,9 @@ def mrope_positions(
                 f"second_per_grid_ts has {len(spg)} values for {len(grids[2])} videos: "
                 "expected one per video"
             )
+    if split_video_frames:
+        spg = [v for v, (t, _, _) in zip(spg, grids[2], strict=True) for _ in range(t)]
+        grids[2] = [[1, h, w] for t, h, w in grids[2] for _ in range(t)]
     used = {1: 0, 2: 0}
     rows = types.cpu().tolist()
     out = torch.zeros(*types.shape, 3, dtype=_F64)
