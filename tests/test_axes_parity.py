@@ -224,7 +224,7 @@ def test_mrope_positions_qwen2_5_vl_integer_time_and_padding_match_transformers(
     # tokens_per_second 2, 1 s per grid: dt = 2 < max(H, W) / m = 4 (no collision, see
     # below); a 4x6 image, a 2-frame 8x8 video; row 1 left-padded
     seq = [0, 0, 0] + [1] * 6 + [0, 0] + [2] * 32 + [0, 0, 0]
-    tt = torch.tensor([[0] + seq, [0, 0] + seq[:-1]])
+    tt = torch.tensor([[0, *seq], [0, 0, *seq[:-1]]])
     mask = torch.tensor([[1] * (len(seq) + 1), [0] + [1] * len(seq)])
     images, videos = [[1, 4, 6], [1, 4, 6]], [[2, 8, 8], [2, 8, 8]]
     hf_pos, hf_d = hf_rope_index("qwen2_5_vl", tt, images, videos, tps=2, spg=torch.tensor([1.0, 1.0]),
@@ -259,6 +259,7 @@ def test_mrope_positions_next_text_after_time_axis_where_transformers_collides()
     tt = torch.tensor([[0] + [2] * 32 + [0, 0]])
     hf_pos, hf_d = hf_rope_index("qwen2_5_vl", tt, None, [[8, 4, 4]], tps=2, spg=torch.tensor([1.0]))
     assert hf_pos[0, 33, 0].item() == 3  # the collision (documented peer bug)
+    assert hf_d.item() == 16 - 35  # its deltas: decoding resumes at 16, text sat at 3, 4
     ours, d = P.mrope_positions(tt, None, [[8, 4, 4]], tokens_per_second=2, second_per_grid_ts=[1.0])
     want, delta = mrope_ids_oracle(tt[0].tolist(), None, [[8, 4, 4]], merge=2, dt_video=[2.0])
     assert torch.equal(ours[0], want) and d.item() == delta
@@ -309,6 +310,7 @@ def test_pixtral_tables_and_rotation_match_transformers() -> None:
     ours = preset("pixtral", head_dim=16)
     c, s = cos_sin(ours, pos, dtype=F64)
     close_to_oracle(c, angle)
+    close_to_oracle(s, angle, "sin")
     assert (hc[:, :8].to(F64) - torch.cos(angle)).abs().max() < peer_tol(angle)
     q, k = torch.randn(1, 4, 15, 16), torch.randn(1, 4, 15, 16)
     hq, hk = mp.apply_rotary_pos_emb(q, k, hc, hs, unsqueeze_dim=0)
@@ -519,6 +521,7 @@ def test_wan_tables_match_diffusers() -> None:
     c, s = cos_sin(ours, pos, dtype=F64)
     angle = blocked_oracle(pos, (44, 42, 42), 10000.0)
     close_to_oracle(c, angle)
+    close_to_oracle(s, angle, "sin")
     torch.testing.assert_close(interleaved_halves(pc[0, :, 0]).to(F64), torch.cos(angle), rtol=0, atol=1e-7)
     torch.testing.assert_close(interleaved_halves(ps[0, :, 0]).to(F64), torch.sin(angle), rtol=0, atol=1e-7)
 
@@ -532,6 +535,7 @@ def test_hunyuan_video_tables_match_diffusers() -> None:
     c, s = cos_sin(preset("hunyuan_video"), pos, dtype=F64)
     angle = blocked_oracle(pos, (16, 56, 56), 256.0)
     close_to_oracle(c, angle)
+    close_to_oracle(s, angle, "sin")
     assert (interleaved_halves(pc).to(F64) - torch.cos(angle)).abs().max() < peer_tol(angle)
     assert (interleaved_halves(ps).to(F64) - torch.sin(angle)).abs().max() < peer_tol(angle)
 
@@ -548,6 +552,7 @@ def test_cogvideox_tables_match_diffusers(grid_type) -> None:
     c, s = cos_sin(preset("cogvideox"), pos, dtype=F64)
     angle = blocked_oracle(pos, (16, 24, 24), 10000.0)
     close_to_oracle(c, angle)
+    close_to_oracle(s, angle, "sin")
     # CogVideoX's linspace in float32 differs from the exact grid by a float32 rounding
     assert (interleaved_halves(pc).to(F64) - torch.cos(angle)).abs().max() < 1e-6
     assert (interleaved_halves(ps).to(F64) - torch.sin(angle)).abs().max() < 1e-6
