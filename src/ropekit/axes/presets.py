@@ -44,7 +44,7 @@ def qwen2_5_vl(head_dim: int = 128, theta: float = 1e6,
     return AxesConfig.sections(head_dim, theta, section)
 
 
-def qwen3_vl(head_dim: int = 128, theta: float = 5e6,
+def qwen3_vl(head_dim: int = 128, theta: float = 5e5,
              section: Sequence[int] = (24, 20, 20)) -> AxesConfig:  # fmt: skip
     """Qwen3-VL text M-RoPE, interleaved sections (h: bands 1, 4, ...; w: 2, 5, ...)."""
     return AxesConfig.sections(head_dim, theta, section, interleaved_sections=True)
