@@ -20,7 +20,7 @@ import torch
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: Pages whose python blocks are run. Every block of these pages must run on a CPU.
-PAGES = ("api.md", "core.md")
+PAGES = ("api.md", "axes.md", "core.md")
 
 
 class Block(NamedTuple):

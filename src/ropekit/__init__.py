@@ -6,8 +6,9 @@ The top level holds what a newcomer needs: :class:`RopeConfig`, :class:`RotaryEm
 :class:`RopeValueError` and :data:`LAYOUTS`. The rest lives in submodules:
 :mod:`ropekit.scaling` (the context-extension methods), :mod:`ropekit.spec` (the float64
 specification everything is tested against), :mod:`ropekit.positions`,
-:mod:`ropekit.hf` (Hugging Face configs, tables and patching) and :mod:`ropekit.layout`
-(converting weights between the pair layouts).
+:mod:`ropekit.hf` (Hugging Face configs, tables and patching), :mod:`ropekit.layout`
+(converting weights between the pair layouts) and :mod:`ropekit.axes` (N-axis RoPE:
+M-RoPE, 2-D vision and 3-D video layouts).
 
 Notation used in every docstring: ``b`` batch, ``h`` heads (``h_q``/``h_k`` for queries
 and keys), ``s`` sequence length, ``t`` packed tokens (``[t, h, d]``), ``d`` head dim, ``n`` rotated
@@ -15,7 +16,7 @@ pairs (``d // 2`` or ``rotary_dim // 2``), ``R`` rows of a position-indexed cos/
 ``*P`` the shape of a positions tensor.
 """
 
-from . import hf, layout, positions, scaling, spec
+from . import axes, hf, layout, positions, scaling, spec
 from .apply import LAYOUTS, Backend, apply_rope, apply_rope_qk
 from .config import RopeConfig
 from .errors import RopeValueError
@@ -35,6 +36,7 @@ __all__ = [
     "RotaryEmbedding",
     "apply_rope",
     "apply_rope_qk",
+    "axes",
     "cos_sin",
     "hf",
     "inv_freq",

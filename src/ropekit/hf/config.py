@@ -39,7 +39,7 @@ Where ropekit is stricter than transformers, on purpose (transformers logs a war
 nothing, and computes something): every malformed value is a ``RopeValueError`` naming
 the key, the value and what is allowed (bools and strings are not numbers); keys that
 change the rotation are never ignored; multi-axis RoPE (M-RoPE, 2-D/3-D vision RoPE) is
-refused as not supported yet; a config with one RoPE per layer type needs
+refused by from_hf as not supported yet (``ropekit.hf.axes_from_hf`` reads the Qwen-VL ones); a config with one RoPE per layer type needs
 ``layer_type``; a ``factor`` other than 1 next to ``alpha`` is refused; an odd rotated
 dimension is refused.
 """
@@ -331,9 +331,11 @@ def _object_from_dict(cls: type, config: Mapping[str, Any]) -> Any:
 
 def _multi_axis_error(what: str) -> RopeValueError:
     return RopeValueError(
-        f"{what} is not supported yet: this model's rotary embedding is multi-axis (M-RoPE "
-        "or 2-D/3-D RoPE, one position per axis), which ropekit does not implement yet; "
-        "reading it as 1-D RoPE would give wrong rotations for image and video tokens"
+        f"{what} is not supported yet by from_hf: this model's rotary embedding is "
+        "multi-axis (M-RoPE or 2-D/3-D RoPE, one position per axis), which a 1-D RopeConfig "
+        "cannot describe (reading it as 1-D RoPE would give wrong rotations for image and "
+        "video tokens); Qwen2-VL, Qwen2.5-VL and Qwen3-VL are read by "
+        "ropekit.hf.axes_from_hf as a ropekit.axes.AxesConfig"
     )
 
 
