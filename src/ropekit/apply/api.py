@@ -183,6 +183,8 @@ def apply_rope_qk(
         return q, k
     if out is not None:
         return out[0], out[1]
+    if layout == "bhsd":  # (canonical already: the common case, without two calls)
+        return yq, yk
     return from_canonical(yq, layout), from_canonical(yk, layout)
 
 

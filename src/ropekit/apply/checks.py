@@ -296,8 +296,13 @@ def check_call(
     inverse: bool = False,
     out: Sequence[object] | None = None,
     inplace: bool = False,
+    own_tables: bool = False,
 ) -> Call:
     """Check one call's arguments (once, for every backend) and return it canonically.
+
+    ``own_tables``: ``cos``/``sin`` were built by the caller for exactly these inputs
+    (:class:`~ropekit.RotaryEmbedding`: one float dtype, the inputs' device, broadcasting
+    ``[*P, n]``), so their checks are skipped; everything about the inputs is checked.
 
     Raises :class:`~ropekit.RopeValueError` naming the bad argument and what is allowed.
     """
@@ -315,7 +320,8 @@ def check_call(
     for x, name in zip(xs, names, strict=True):
         checked.append(_check_x(name, x, layout, indexed))
     x0 = checked[0]
-    cos, sin = _check_tables(cos, sin, x0)
+    if not own_tables:
+        cos, sin = _check_tables(cos, sin, x0)
     cshape = cos.shape
     n = cshape[-1]
     x0_cpu = x0.is_cpu
@@ -330,7 +336,7 @@ def check_call(
                 f"cos has n={n} pairs, which need 2n={2 * n} lanes, but {name}.shape[-1]="
                 f"{x.shape[-1]}: expected 2 * cos.shape[-1] <= {name}.shape[-1]"
             )
-        if not indexed:
+        if not indexed and not own_tables:
             _check_broadcast(name, x, cshape)
     checked = tuple(checked)
     canon = checked if layout == "bhsd" else tuple(_canonical(x, layout) for x in checked)

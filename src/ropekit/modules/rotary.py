@@ -45,9 +45,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..apply.api import apply_rope, apply_rope_qk
-from ..apply.checks import LAYOUTS
-from ..apply.dispatch import Backend, parse_backend
+from ..apply.checks import LAYOUTS, check_call, from_canonical
+from ..apply.dispatch import Backend, parse_backend, rotate
 from ..apply.formula import compute_dtype
 from ..config import RopeConfig
 from ..errors import RopeValueError, check_int, check_tensor
@@ -307,12 +306,19 @@ class RotaryEmbedding(KeptFrequencies):
                 cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         else:  # [s, n] -> [s, 1, n]; [b, s, n] -> [b, s, 1, n]; [t, n] -> [t, 1, n]
             cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-        interleaved = self.config.interleaved
+        # ropekit.apply_rope(_qk) without its wrapper (no out=, no in place here): the
+        # one argument checker, then the backend
+        xs, names = ((q,), ("q",)) if k is None else ((q, k), ("q", "k"))
+        call = check_call(
+            xs, names, cos, sin, layout=layout, interleaved=self.config.interleaved,
+            own_tables=True,
+        )  # fmt: skip
+        ys = rotate(call, self.backend)
+        if layout == "bhsd":
+            return ys[0] if k is None else ys
         if k is None:
-            return apply_rope(q, cos, sin, layout=layout, interleaved=interleaved, backend=self.backend)
-        return apply_rope_qk(
-            q, k, cos, sin, layout=layout, interleaved=interleaved, backend=self.backend
-        )
+            return from_canonical(ys[0], layout)
+        return from_canonical(ys[0], layout), from_canonical(ys[1], layout)
 
     def _seq_len(
         self, rows: torch.Tensor, where: Positions, s: int, seq_len: int | None
