@@ -54,7 +54,7 @@ TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
             eos_token_id=2)  # fmt: skip
 SECTIONS = {"qwen2_vl": [2, 3, 3], "qwen2_5_vl": [2, 3, 3], "qwen3_vl": [4, 2, 2]}
 QWEN = tuple(SECTIONS)
-FAMILIES = (*QWEN, "pixtral", "dinov3_vit", "gemma3_text")
+FAMILIES = (*QWEN, "pixtral", "dinov3_vit", "gemma3_text", "gemma3")
 
 
 @pytest.fixture(autouse=True)
@@ -118,6 +118,14 @@ def build(fam: str, seed: int = 0) -> nn.Module:
                                                 "factor": 8.0}},
         )  # fmt: skip
         return transformers.Gemma3ForCausalLM(cfg).eval()
+    if fam == "gemma3":  # the composite: SigLIP vision (no RoPE) + Gemma 3 text
+        text = dict(TEXT, vocab_size=300, head_dim=16, sliding_window=4)
+        vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, image_size=16, patch_size=4)  # fmt: skip
+        cfg = transformers.Gemma3Config(text_config=text, vision_config=vision,
+                                        mm_tokens_per_image=4, image_token_index=260,
+                                        boi_token_index=255, eoi_token_index=256)  # fmt: skip
+        return transformers.Gemma3ForConditionalGeneration(cfg).eval()
     raise AssertionError(fam)
 
 
@@ -144,6 +152,10 @@ def inputs(fam: str, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
     if fam in ("pixtral", "dinov3_vit"):  # a 3 x 5 patch grid (12 x 20 pixels)
         return dict(pixel_values=torch.randn(1, 3, 12, 20, generator=g, dtype=dtype))
+    if fam == "gemma3":  # text, a 16 x 16 image (4 soft tokens between boi/eoi), text
+        ids = torch.tensor([[1, 7, 255] + [260] * 4 + [256, 9, 11, 13]])
+        return dict(input_ids=ids, pixel_values=torch.randn(1, 3, 16, 16, generator=g, dtype=dtype),
+                    token_type_ids=(ids == 260).long())  # fmt: skip
     return dict(input_ids=torch.randint(3, 128, (1, 12), generator=g))
 
 
@@ -173,11 +185,11 @@ def count_rotations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 # Rotations per forward: attention layers, the Qwen-VL vision tower (2 blocks) once for
 # the images and once for the videos, plus 2 text layers.
 LAYERS = {"qwen2_vl": 6, "qwen2_5_vl": 6, "qwen3_vl": 6, "pixtral": 2, "dinov3_vit": 2,
-          "gemma3_text": 3}  # fmt: skip
+          "gemma3_text": 3, "gemma3": 2}  # fmt: skip
 
 # Measured max |patched - unpatched| of the float32 outputs (transformers 5.24, CPU).
 MEASURED = {"qwen2_vl": 2e-7, "qwen2_5_vl": 2e-7, "qwen3_vl": 2e-7, "pixtral": 5e-7,
-            "dinov3_vit": 5e-7, "gemma3_text": 5e-7}  # fmt: skip
+            "dinov3_vit": 1e-6, "gemma3_text": 5e-7, "gemma3": 5e-7}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,7 +197,7 @@ MEASURED = {"qwen2_vl": 2e-7, "qwen2_5_vl": 2e-7, "qwen3_vl": 2e-7, "pixtral": 5
 
 
 def test_family_types_are_all_tested() -> None:
-    tested = {build(f).config.model_type for f in FAMILIES} | {"gemma3"}
+    tested = {build(f).config.model_type for f in FAMILIES}
     assert tested == set(rt.FAMILY_MODEL_TYPES)
     assert set(rt.SUPPORTED_MODEL_TYPES) == set(rt.TEXT_MODEL_TYPES) | tested
 
@@ -226,7 +238,7 @@ def test_positions_matter(fam: str) -> None:
     assert float((wrong - right).abs().max()) > 100 * ATOL
 
 
-@pytest.mark.parametrize("fam", (*QWEN, "gemma3_text"))
+@pytest.mark.parametrize("fam", (*QWEN, "gemma3_text", "gemma3"))
 def test_greedy_generation_identical(fam: str) -> None:
     model, x = build(fam), inputs(fam)
     kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
@@ -345,6 +357,27 @@ def oracle_module(fam: str, module: nn.Module) -> nn.Module:
     if fam == "dinov3_vit":
         return DinoOracle(16, 100.0, 4)
     return LayerOracle(16, module.config.rope_parameters)
+
+
+def test_dinov3_training_mode_keeps_the_models_random_positions() -> None:
+    """In training mode DINOv3 augments its patch coordinates at random; the patched model
+    draws the same random numbers (the family's own augmentation on its own float32
+    coordinates), so with one seed both see the same positions."""
+    cfg = dict(pos_embed_shift=0.1, pos_embed_jitter=1.2, pos_embed_rescale=1.5)
+    model = build("dinov3_vit")
+    for k, v in cfg.items():
+        setattr(model.config, k, v)
+    model.train()
+    model.config.hidden_dropout_prob = model.config.attention_dropout = 0.0
+    x = inputs("dinov3_vit")
+    torch.manual_seed(5)
+    want = output(model, x)
+    patch(model)
+    torch.manual_seed(5)
+    got = output(model, x)
+    assert float((got - want).abs().max()) <= ATOL
+    torch.manual_seed(6)  # other draws: other positions, a visible change
+    assert float((output(model, x) - want).abs().max()) > 100 * ATOL
 
 
 def with_oracle(model: nn.Module, fam: str) -> nn.Module:
