@@ -145,6 +145,8 @@ class DinoTables(nn.Module):
             (random), applied to the family's own float32 coordinates so that a training
             step draws the same random numbers and uses the same positions as the
             unpatched model; only the angles are then float64.
+        centers: the family's ``(h, w, dtype=, device=) -> [P, 2]`` patch-centre function,
+            used with ``augment`` only (its float32 coordinates are what gets augmented).
 
     ``forward(pixel_values [b, c, H, W])`` -> ``(cos, sin)`` ``[P, 2n]``, ``P = (H // ph)
     (W // pw)`` patches in row-major order, ``compute_dtype(pixel_values.dtype)``. In eval
