@@ -253,7 +253,7 @@ def test_importing_does_not_import_transformers() -> None:
 
 def test_supported_types_are_all_tested() -> None:
     tested = {case.hf_config().model_type for case in CASES.values()}
-    assert tested == set(rt.SUPPORTED_MODEL_TYPES)
+    assert tested == set(rt.TEXT_MODEL_TYPES)
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@
 * :func:`apply_rotary_pos_emb`: the drop-in for Hugging Face's function of that name
   (defined in :mod:`ropekit.apply.api`);
 * :mod:`ropekit.hf.patching`: :func:`patch` / :func:`unpatch`, the per-model patch (the
-  module is not called ``patch``, so that ``ropekit.hf.patch`` is the function).
+  module is not called ``patch``, so that ``ropekit.hf.patch`` is the function), with
+  :mod:`ropekit.hf.families` (what it knows about the multi-axis, vision and
+  per-layer-type families) and :mod:`ropekit.hf.dropins` (their table modules and
+  rotation drop-ins).
 
 The package imports :mod:`ropekit.config`, never the reverse. Importing it does not
 import ``transformers`` (that happens when a function needs it).
@@ -23,7 +26,9 @@ from ..apply.api import apply_rotary_pos_emb
 from .axes import AXES_MODEL_TYPES, axes_from_hf, mrope_settings
 from .config import from_hf, to_hf
 from .patching import (
+    FAMILY_MODEL_TYPES,
     SUPPORTED_MODEL_TYPES,
+    TEXT_MODEL_TYPES,
     TRANSFORMERS_VERSIONS,
     UnsupportedModelError,
     check_transformers_version,
@@ -36,7 +41,9 @@ from .tables import RotaryTables
 
 __all__ = [
     "AXES_MODEL_TYPES",
+    "FAMILY_MODEL_TYPES",
     "SUPPORTED_MODEL_TYPES",
+    "TEXT_MODEL_TYPES",
     "TRANSFORMERS_VERSIONS",
     "RotaryTables",
     "UnsupportedModelError",

@@ -73,6 +73,21 @@ They do not serve this patch better, so it does not use them:
 A patched model calls ropekit's rotation even if it was kernelized before (its copied
 globals bind ``apply_rotary_pos_emb`` to ropekit, whatever wrapper the hooks installed).
 
+Multi-axis, vision and per-layer-type families
+---------------------------------------------
+For the model types of :data:`FAMILY_MODEL_TYPES` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL text
+and vision towers, Pixtral's vision encoder, DINOv3, Gemma 3 text) the same three steps
+run from a family table (:mod:`ropekit.hf.families`): each rotary module class of the
+family is swapped for a drop-in of :mod:`ropekit.hf.dropins` returning the same format
+(built with :mod:`ropekit.axes` / :class:`RotaryTables`, float64 angles rounded once),
+each rotation global the attention calls (``apply_rotary_pos_emb``,
+``apply_rotary_pos_emb_vision``) is rebound per attention instance to a ropekit
+drop-in of the same signature. The checks, all before any change: the modeling module
+has the classes and functions, every part has rotary modules and attention calling
+its rotation, ropekit's tables equal a fresh float32 instance of the family's module
+at small probe positions (distinct per axis, ``<= 1e-5``), and the family's rotation
+equals ropekit's drop-in on a float64 probe. Position ids stay the family's own.
+
 Other choices: patching a patched model, or unpatching an unpatched one, raises
 :class:`~ropekit.RopeValueError` (a silent no-op would hide a wrong belief about the
 model's state). ``copy.deepcopy`` of a patched model is a patched model that can be
@@ -99,10 +114,13 @@ from ..apply.api import apply_rope_qk, hf_halves
 from ..config import RopeConfig
 from ..errors import RopeValueError
 from .config import from_hf
+from .families import FAMILIES, Family, Part, UnsupportedModelError
 from .tables import RotaryTables
 
 __all__ = [
+    "FAMILY_MODEL_TYPES",
     "SUPPORTED_MODEL_TYPES",
+    "TEXT_MODEL_TYPES",
     "TRANSFORMERS_VERSIONS",
     "UnsupportedModelError",
     "check_transformers_version",
@@ -112,9 +130,9 @@ __all__ = [
     "unpatch",
 ]
 
-#: ``config.model_type`` values :func:`patch` accepts: the families whose modeling code is
-#: the one described above, each exercised by ``tests/test_hf_patch.py``.
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+#: ``config.model_type`` values of the 1-D decoder families whose modeling code is the one
+#: described above, each exercised by ``tests/test_hf_patch.py``.
+TEXT_MODEL_TYPES: tuple[str, ...] = (
     "gemma",
     "gpt_neox",
     "granite",
@@ -130,6 +148,14 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     "starcoder2",
 )
 
+#: ``config.model_type`` values patched through a family table (:mod:`ropekit.hf.families`:
+#: multi-axis, vision and per-layer-type RoPE), each exercised by
+#: ``tests/test_hf_patch_vlm.py``.
+FAMILY_MODEL_TYPES: tuple[str, ...] = tuple(sorted(FAMILIES))
+
+#: Every ``config.model_type`` :func:`patch` accepts.
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(TEXT_MODEL_TYPES + FAMILY_MODEL_TYPES))
+
 #: ``(minimum, exclusive maximum)`` of the transformers versions accepted; tested on
 #: 5.24.0. The 5.x series has ``config.rope_parameters`` and the layout described above;
 #: the checks of :func:`patch` catch changes of that layout within the series.
@@ -141,10 +167,10 @@ _RECORD_ATTR = "_ropekit_patch"
 # ``theta ** (-2i/d)`` and of the scaling formulas is a few 1e-7 relative; misreading a
 # config parameter (theta, rotary_dim, a scaling factor) changes them by far more.
 _FREQ_RTOL = 1e-5
-
-
-class UnsupportedModelError(RopeValueError):
-    """The model, its configuration or the installed ``transformers`` cannot be patched."""
+# ropekit's tables vs a fresh float32 instance of a family's rotary module at the probe
+# positions (< 30, angles < 30 rad): float32 angles are off by <= 30 * 2**-24 ~ 2e-6; a
+# misread axis, section or frequency moves some entry by O(1).
+_TABLE_ATOL = 1e-5
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,7 +407,7 @@ def _check_rotation(original: Callable[..., Any], n: int, where: str) -> None:
 class _Patch:
     """What :func:`patch` changed on one model, to undo it exactly."""
 
-    rope: RopeConfig
+    rope: RopeConfig | None  # None for a family patch (one config per rotary module)
     # (parent, attribute name, original rotary module) for every reference replaced
     rotary: list[tuple[nn.Module, str, nn.Module]]
     # (attention module, the instance attribute ``forward`` it had before, or None)
@@ -426,6 +452,8 @@ def patch(model: nn.Module) -> nn.Module:
             f"{type(model).__name__} is already patched by ropekit: expected an unpatched "
             "model (call unpatch(model) first)"
         )
+    if model_type in FAMILIES:
+        return _patch_family(model, FAMILIES[model_type])
     modeling = _modeling_module(model_type)
     rope = _rope_config(model.config)
 
@@ -469,6 +497,142 @@ def patch(model: nn.Module) -> nn.Module:
         scoped.append((module, module.__dict__.get("forward")))
         module.forward = types.MethodType(forwards[type(module)], module)
     setattr(model, _RECORD_ATTR, _Patch(rope, swaps, scoped))
+    return model
+
+
+def _check_tables(part: Part, original: nn.Module, ours: nn.Module, where: str) -> None:
+    """``ours`` must return what a fresh float32 instance of the family's class returns.
+
+    A fresh instance (CPU, float32, from the same config) rather than ``original``
+    itself: ``model.to(torch.bfloat16)`` rounds the original's ``inv_freq`` buffer, which
+    would fail an exact-format check for the wrong reason."""
+    try:
+        peer = type(original)(original.config).eval()
+    except Exception as e:  # the class's own constructor: any failure means "not our layout"
+        raise UnsupportedModelError(
+            f"cannot rebuild {where}.{part.rotary} from its config for the table check: {e}"
+        ) from e
+    was_training = ours.training
+    ours.eval()
+    try:
+        for args, kwargs in part.probes(original):
+            with torch.no_grad():
+                want = peer(*args, **kwargs)
+                got = ours(*args, **kwargs)
+            for name, w, g in zip(("cos", "sin"), want, got, strict=True):
+                if w.shape != g.shape:
+                    raise UnsupportedModelError(
+                        f"{where}.{part.rotary} returns {name} of shape {tuple(w.shape)}, "
+                        f"ropekit's drop-in {tuple(g.shape)}: expected the same format"
+                    )
+                err = float((w.to(torch.float64) - g.to(torch.float64)).abs().max())
+                if not err <= _TABLE_ATOL:
+                    raise UnsupportedModelError(
+                        f"ropekit's tables differ from {where}.{part.rotary} by {err:.3g} in "
+                        f"{name} at small positions: expected <= {_TABLE_ATOL} (the family's "
+                        "config is read differently, or its layout changed)"
+                    )
+    finally:
+        ours.train(was_training)
+
+
+def _check_family_rotation(part: Part, original: Callable[..., Any], n: int, where: str) -> None:
+    """The family's rotation global must compute what ropekit's drop-in computes."""
+    ours = part.dropin(n)
+    for args, kwargs in part.rotation_probes(n):
+        want, got = original(*args, **kwargs), ours(*args, **kwargs)
+        for w, g in zip(want, got, strict=True):
+            err = float((w.to(torch.float64) - g.to(torch.float64)).abs().max())
+            if not err <= part.rotation_atol:
+                raise UnsupportedModelError(
+                    f"{where}.{part.apply} differs from ropekit's rotation by {err:.3g} on a "
+                    f"float64 probe: expected <= {part.rotation_atol} (q*cos + rotate_half(q)*sin "
+                    "with the family's table format)"
+                )
+
+
+def _patch_family(model: nn.Module, family: Family) -> nn.Module:
+    """:func:`patch` for a model of :data:`FAMILY_MODEL_TYPES`: check everything, then
+    swap each part's rotary modules and rebind the attention forwards."""
+    try:
+        modeling = importlib.import_module(family.modeling)
+    except ImportError as e:
+        raise UnsupportedModelError(f"cannot import {family.modeling}: {e}") from e
+    for part in family.parts:
+        if not isinstance(getattr(modeling, part.rotary, None), type) or not callable(
+            getattr(modeling, part.apply, None)
+        ):
+            raise UnsupportedModelError(
+                f"{family.modeling} has no class {part.rotary} or no function {part.apply}: "
+                "this transformers is laid out differently from the versions ropekit supports"
+            )
+    applies = {part.apply for part in family.parts}
+    found: dict[str, list[nn.Module]] = {part.rotary: [] for part in family.parts}
+    attention: list[nn.Module] = []
+    for module in model.modules():
+        cls = type(module)
+        if cls.__module__ != family.modeling:
+            continue
+        if cls.__name__ in found:
+            found[cls.__name__].append(module)
+            continue
+        code = getattr(inspect.unwrap(cls.forward), "__code__", None)
+        if code is not None and applies & set(code.co_names):
+            attention.append(module)
+    missing = [name for name, mods in found.items() if not mods]
+    called = {
+        name for m in attention for name in inspect.unwrap(type(m).forward).__code__.co_names
+    }
+    uncalled = sorted(applies - called)
+    if missing or uncalled:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} ({family.modeling}): no {missing} rotary modules or no "
+            f"attention calling {uncalled}: expected every part of the family (the composite "
+            "model, or a model of its own type)"
+        )
+
+    replacements: dict[int, nn.Module] = {}
+    pairs: dict[str, int] = {}
+    for part in family.parts:
+        counts = set()
+        for module in found[part.rotary]:
+            try:
+                ours = part.build(module, modeling)
+            except RopeValueError as e:
+                raise UnsupportedModelError(
+                    f"cannot express {part.rotary} with ropekit: {e}"
+                ) from e
+            _check_tables(part, module, ours, family.modeling)
+            ours.train(module.training)
+            replacements[id(module)] = ours
+            counts.add(ours.n_pairs)
+        if len(counts) != 1:
+            raise UnsupportedModelError(
+                f"{part.rotary} modules of {sorted(counts)} pairs in one model: expected one "
+                f"pair count for {part.apply}"
+            )
+        pairs[part.apply] = counts.pop()
+        _check_family_rotation(part, getattr(modeling, part.apply), pairs[part.apply],
+                               family.modeling)  # fmt: skip
+    overrides = {part.apply: part.dropin(pairs[part.apply]) for part in family.parts}
+    forwards = {
+        cls: _rebind_globals(cls.forward, overrides) for cls in {type(m) for m in attention}
+    }
+
+    # Every check passed: change the model (as the 1-D patch does).
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent._modules.items()
+        if id(child) in replacements
+    ]
+    for parent, name, child in swaps:
+        setattr(parent, name, replacements[id(child)])
+    scoped: list[tuple[nn.Module, Any]] = []
+    for module in attention:
+        scoped.append((module, module.__dict__.get("forward")))
+        module.forward = types.MethodType(forwards[type(module)], module)
+    setattr(model, _RECORD_ATTR, _Patch(None, swaps, scoped))
     return model
 
 
