@@ -423,3 +423,26 @@ def test_import_does_not_import_diffusers() -> None:
 
     code = "import sys, ropekit, ropekit.diffusers; assert 'diffusers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_patched_processors_call_ropekits_rotation(name, monkeypatch) -> None:
+    """Each q and k rotation of every attention goes through ropekit (Wan's nested
+    function and the function-level imports of HunyuanVideo and CogVideoX included)."""
+    import ropekit.diffusers.patching as patching
+
+    calls = []
+    real = patching.apply_rope
+    monkeypatch.setattr(patching, "apply_rope", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = build(name)
+    kw = inputs(name, torch.float32)
+    with rd.patched(model):
+        calls.clear()  # the patch-time float64 probe calls it too
+        run(model, ropekit_inputs(name, model, kw))
+        rotating = sum(1 for p in processors(model) if getattr(p, "_ropekit_patched", False))
+    # one layer: q and k of each rotating attention (Wan, LTX: self-attention only, the
+    # cross-attention processors get no tables)
+    assert len(calls) >= 2 and len(calls) % 2 == 0 and rotating >= 1, (name, len(calls))
+    calls.clear()
+    run(model, kw)
+    assert not calls  # unpatched: diffusers' own rotation
