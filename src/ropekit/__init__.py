@@ -7,8 +7,9 @@ The top level holds what a newcomer needs: :class:`RopeConfig`, :class:`RotaryEm
 :mod:`ropekit.scaling` (the context-extension methods), :mod:`ropekit.spec` (the float64
 specification everything is tested against), :mod:`ropekit.positions`,
 :mod:`ropekit.hf` (Hugging Face configs, tables and patching), :mod:`ropekit.layout`
-(converting weights between the pair layouts) and :mod:`ropekit.axes` (N-axis RoPE:
-M-RoPE, 2-D vision and 3-D video layouts).
+(converting weights between the pair layouts), :mod:`ropekit.axes` (N-axis RoPE:
+M-RoPE, 2-D vision and 3-D video layouts) and :mod:`ropekit.diffusers` (patching diffusers
+transformers; imports diffusers only when a patch runs).
 
 Notation used in every docstring: ``b`` batch, ``h`` heads (``h_q``/``h_k`` for queries
 and keys), ``s`` sequence length, ``t`` packed tokens (``[t, h, d]``), ``d`` head dim, ``n`` rotated
@@ -16,7 +17,7 @@ pairs (``d // 2`` or ``rotary_dim // 2``), ``R`` rows of a position-indexed cos/
 ``*P`` the shape of a positions tensor.
 """
 
-from . import axes, hf, layout, positions, scaling, spec
+from . import axes, diffusers, hf, layout, positions, scaling, spec
 from .apply import LAYOUTS, Backend, apply_rope, apply_rope_qk
 from .config import RopeConfig
 from .errors import RopeValueError
@@ -38,6 +39,7 @@ __all__ = [
     "apply_rope_qk",
     "axes",
     "cos_sin",
+    "diffusers",
     "hf",
     "inv_freq",
     "layout",

@@ -185,6 +185,10 @@ def _plot(
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "axes", None):
+        from .inspect_axes import run as run_axes  # N-axis layouts: ropekit/cli/inspect_axes.py
+
+        return run_axes(args)
     config = _config_from_args(args)
     context = args.context if args.context is not None else (config.max_position or DEFAULT_CONTEXT)
     if context < 1:
@@ -299,6 +303,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --hf-config: ignore the RoPE keys known not to affect RoPE",
     )
+    src.add_argument(
+        "--axes",
+        nargs="+",
+        metavar="NAME|CONFIG.json",
+        help="N-axis layouts instead: ropekit.axes presets (flux, qwen2_vl, ...) or a Qwen-VL "
+        "config.json; band -> axis map, per-axis bands and wavelengths",
+    )
+    src.add_argument("--axes-part", choices=("text", "vision"),
+                     help="with --axes CONFIG.json: the text M-RoPE (default) or the vision RoPE")  # fmt: skip
     p.add_argument("--context", type=int, help="context length L (default: the config's, else 4096)")
     p.add_argument(
         "--far",
