@@ -65,6 +65,7 @@ SMOKE_SHAPES = {"prefill": (1, 2, 64, 16), "training": (2, 2, 16, 8), "decode": 
 DECODE_POSITION = 4095
 SWEEP = [(1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8)]
 IN_PLACE = {"ropekit.qk_"}  # timed in the forward only
+INTERLEAVED: set[str] = set()  # implementations that rotate neighbouring lanes (GPT-J/Meta)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,12 +212,17 @@ class Case:
             ropekit.RopeConfig(head_dim=d, theta=10000.0), backend="triton"
         ).to(DEVICE)
 
-    def reference64(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference64(self, interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k rotated in float64, pairs as halves or (``interleaved``) neighbours."""
         c, s = self.cos_s.double(), self.sin_s.double()
         out = []
         for x in (self.q, self.k):
-            x1, x2 = x[..., : self.n].double(), x[..., self.n :].double()
-            out.append(torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), -1))
+            if interleaved:
+                x1, x2 = x[..., 0::2].double(), x[..., 1::2].double()
+                out.append(torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), -1).flatten(-2))
+            else:
+                x1, x2 = x[..., : self.n].double(), x[..., self.n :].double()
+                out.append(torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), -1))
         return out[0], out[1]
 
 
@@ -241,20 +247,23 @@ def implementations(case: Case) -> dict[str, Callable]:
             print(f"  {peer.key} unavailable: {made}")
         else:
             impls[peer.key] = made
+            if peer.interleaved:
+                INTERLEAVED.add(peer.key)
     if ARGS.impls:
         keep = set(ARGS.impls.split(","))
         impls = {name: f for name, f in impls.items() if name in keep}
     return impls
 
 
-def max_rel_err(impl: Callable, case: Case) -> float:
-    """max |out - exact| / max |exact| over q and k, on copies (liger works in place)."""
+def max_rel_err(impl: Callable, case: Case, interleaved: bool = False) -> float:
+    """max |out - exact| / max |exact| over q and k, on copies (liger works in place);
+    ``interleaved``: against the neighbouring-lanes layout (Meta, torchtune, ...)."""
     q = case.q.transpose(1, 2).clone().transpose(1, 2)
     k = case.k.transpose(1, 2).clone().transpose(1, 2)
     with torch.no_grad():
         out = impl(q, k)
     errs = []
-    for o, r in zip(out, case.reference64(), strict=True):
+    for o, r in zip(out, case.reference64(interleaved), strict=True):
         errs.append(float((o.double() - r).abs().max() / r.abs().max()))
     return max(errs)
 
@@ -302,7 +311,7 @@ def run_case(name: str, dtype_name: str, results: list[dict]) -> None:
     errors = {}
     for impl_name, impl in impls.items():
         try:
-            errors[impl_name] = max_rel_err(impl, case)
+            errors[impl_name] = max_rel_err(impl, case, impl_name in INTERLEAVED)
         except Exception as err:
             errors[impl_name] = f"{type(err).__name__}: {str(err)[:300]}"
     for mode in ("fwd", "fwd+bwd"):

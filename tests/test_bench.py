@@ -85,8 +85,8 @@ def test_peers_rotate_like_ropekit_or_say_why_not(key: str) -> None:
         return
     q, k = torch.randn(b, h, s, d), torch.randn(b, h, s, d)
     got = made(q, k)
-    interleaved = key in ("meta", "torchtune", "rotary_emb_torch")
-    want = ropekit.apply_rope_qk(q, k, c, sn, interleaved=interleaved)
+    assert peer.interleaved == (key in ("meta", "torchtune", "rotary_emb_torch"))
+    want = ropekit.apply_rope_qk(q, k, c, sn, interleaved=peer.interleaved)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
@@ -164,3 +164,23 @@ def test_bench_triton_imports_and_uses_the_shared_peers() -> None:
     assert module.ARGS.cases.startswith("prefill:bf16") and not module.ARGS.smoke
     assert module.peers_for is peers.peers_for
     assert not hasattr(module, "fused")  # the formula peer is the shared one
+
+
+@pytest.mark.slow
+def test_bench_triton_smoke_runs_on_cpu(tmp_path) -> None:
+    """The GPU script's CPU mode (Triton's interpreter, tiny shapes) runs end to end with
+    the shared peers, and checks each against the float64 formula in its own layout."""
+    pytest.importorskip("triton")
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_triton.py"), "--smoke", "--cases",
+         "decode:fp32", "--impls", "ropekit.qk_table,hf,meta", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    rows = {(r["impl"], r["mode"]): r for r in json.loads(out.read_text())["results"]}
+    for impl in ("ropekit.qk_table", "hf", "meta"):
+        # meta rotates float32 angles: ~1e-5 at position 4095; the others exact tables
+        assert rows[(impl, "fwd")]["max_rel_err"] < 1e-4, rows[(impl, "fwd")]

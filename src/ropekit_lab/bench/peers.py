@@ -67,6 +67,7 @@ class Peer:
     make: Callable[[Tables], Rotation | str]
     compiles: bool = False  # uses torch.compile (seconds per dtype and shape)
     devices: tuple[str, ...] = ("cpu", "cuda")
+    interleaved: bool = False  # rotates pairs (2i, 2i+1) (GPT-J/Meta), not halves
 
 
 def meta_complex(
@@ -192,9 +193,9 @@ def _liger(t: Tables) -> Rotation | str:
 #: Every peer, in report order.
 PEERS: tuple[Peer, ...] = (
     Peer("HF apply_rotary_pos_emb", "hf", _hf),
-    Peer("Meta complex form", "meta", _meta),
-    Peer("torchtune", "torchtune", _torchtune),
-    Peer("rotary-embedding-torch", "rotary_emb_torch", _rotary_embedding_torch),
+    Peer("Meta complex form", "meta", _meta, interleaved=True),
+    Peer("torchtune", "torchtune", _torchtune, interleaved=True),
+    Peer("rotary-embedding-torch", "rotary_emb_torch", _rotary_embedding_torch, interleaved=True),
     Peer("torch.compile fused (fp32 math)", "torch.compile", _compiled_fused, compiles=True),
     Peer("Liger-Kernel LigerRopeFunction", "liger", _liger, devices=("cuda",)),
 )
