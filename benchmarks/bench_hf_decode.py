@@ -3,7 +3,9 @@
 A randomly initialised Llama (8 layers, hidden 256, 8 query / 4 KV heads, head_dim 32),
 prompt of 32 tokens, 64 new tokens, one sequence: small enough that decoding is host-bound,
 so what it shows is the per-layer host cost of the rotation path, not arithmetic.
-Interleaved rounds (unpatched, patched, ...), median ms per generated token.
+Interleaved rounds (unpatched, patched, ...), median ms per generated token, and the
+median of the per-round ratios (the method of ``ropekit_lab.bench.harness``, whose
+machine-load report it prints).
 
     .venv/bin/python benchmarks/bench_hf_decode.py [--rounds 7]
 """
@@ -12,20 +14,33 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
-
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from ropekit.hf import patch, unpatch
+from pathlib import Path
 
 NEW_TOKENS = 64
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    # After parsing (a fast --help): torch and transformers take seconds to import.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ropekit.hf import patch, unpatch
+    from ropekit_lab.bench.harness import machine_load
+
+    load = machine_load()
+    print(f"machine before the run: {load.describe()}")
+    if load.warning():
+        print(load.warning())
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=8,

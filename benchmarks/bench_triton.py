@@ -18,10 +18,13 @@ it times:
 * ``ropekit.qk_`` (fwd only): ``ropekit.apply_rope_qk(..., inplace=True)``, ``[R, n]`` tables + offset;
 * ``ropekit.module``: ``ropekit.RotaryEmbedding(config, backend="triton")(q, k, offset=)``:
   builds its fp32 tables for the call's positions, then the same kernel;
-* ``torch.compile``: ``cat(x1*c - x2*s, x2*c + x1*s)`` in fp32 on q and k, compiled
-  (``fullgraph=True``), fp32 ``[s, n]`` tables;
-* ``hf``: transformers' ``apply_rotary_pos_emb`` (eager), ``[1, s, d]`` tables in x.dtype;
-* ``liger``: Liger-Kernel's ``LigerRopeFunction`` (in place), same tables as ``hf``.
+* the peers of ``ropekit_lab.bench.peers.PEERS`` (the same list as the CPU benchmark,
+  ``bench_rope.py``) that run on the device, by key: ``hf`` (transformers'
+  ``apply_rotary_pos_emb``, eager, ``[1, s, d]`` tables in x.dtype), ``meta`` (Meta's
+  complex form), ``torchtune``, ``rotary_emb_torch`` (rotary-embedding-torch),
+  ``torch.compile`` (the fp32 fused formula, ``fullgraph=True, dynamic=False``, fp32
+  ``[s, n]`` tables) and ``liger`` (Liger-Kernel's ``LigerRopeFunction``, in place,
+  same tables as ``hf``); those not installed are reported as unavailable.
 
 Columns:
 
@@ -62,9 +65,10 @@ SMOKE_SHAPES = {"prefill": (1, 2, 64, 16), "training": (2, 2, 16, 8), "decode": 
 DECODE_POSITION = 4095
 SWEEP = [(1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8)]
 IN_PLACE = {"ropekit.qk_"}  # timed in the forward only
+INTERLEAVED: set[str] = set()  # implementations that rotate neighbouring lanes (GPT-J/Meta)
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, help="write results as JSON here")
     ap.add_argument(
@@ -79,10 +83,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--host-overhead", action="store_true", help="CPU: wrapper cost, kernel launch stubbed"
     )
-    return ap.parse_args()
+    return ap
 
 
-ARGS = parse_args()
+# Parsed before torch and triton are imported: --help answers at once, and --smoke must
+# set TRITON_INTERPRET before triton is imported. Imported as a module (by the tests),
+# the script sees no arguments: the defaults.
+ARGS = build_parser().parse_args(None if __name__ == "__main__" else [])
 ARGS.smoke = ARGS.smoke or ARGS.host_overhead
 if ARGS.smoke:
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -97,6 +104,7 @@ import ropekit  # noqa: E402
 from ropekit.apply.triton import ops, plan  # noqa: E402
 from ropekit.frequencies.base import inv_freq  # noqa: E402
 from ropekit.tables.cos_sin import cos_sin  # noqa: E402
+from ropekit_lab.bench.peers import Tables, peers_for  # noqa: E402
 
 DEVICE = "cpu" if ARGS.smoke else "cuda"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -179,17 +187,6 @@ def peak_copy_gbps() -> float:
 # ------------------------------------------------------------------ implementations
 
 
-def fused(q, k, cos, sin):
-    """The formula as plain torch ops, in fp32, for torch.compile to fuse."""
-    n = cos.shape[-1]
-
-    def rot(x):
-        x1, x2 = x[..., :n].float(), x[..., n:].float()
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
-
-    return rot(q), rot(k)
-
-
 class Case:
     """Inputs of one (shape, dtype): q, k, tables in the forms each implementation wants."""
 
@@ -207,21 +204,25 @@ class Case:
         )
         self.cos_s = self.cos_t[self.offset :].contiguous()
         self.sin_s = self.sin_t[self.offset :].contiguous()
-        # Hugging Face / Liger form: duplicated halves, [1, s, d], in x.dtype
-        self.cos_hf = torch.cat((self.cos_s, self.cos_s), -1)[None].to(dtype)
-        self.sin_hf = torch.cat((self.sin_s, self.sin_s), -1)[None].to(dtype)
+        # what the peers get (each builds its own form from these [s, n] tables)
+        self.tables = Tables(d, s, self.offset, dtype, self.cos_s, self.sin_s, static_compile=True)
         self.bytes = 2 * (self.q.numel() + self.k.numel()) * self.q.element_size()
         self.n = n
         self.rope = ropekit.RotaryEmbedding(
             ropekit.RopeConfig(head_dim=d, theta=10000.0), backend="triton"
         ).to(DEVICE)
 
-    def reference64(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference64(self, interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k rotated in float64, pairs as halves or (``interleaved``) neighbours."""
         c, s = self.cos_s.double(), self.sin_s.double()
         out = []
         for x in (self.q, self.k):
-            x1, x2 = x[..., : self.n].double(), x[..., self.n :].double()
-            out.append(torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), -1))
+            if interleaved:
+                x1, x2 = x[..., 0::2].double(), x[..., 1::2].double()
+                out.append(torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), -1).flatten(-2))
+            else:
+                x1, x2 = x[..., : self.n].double(), x[..., self.n :].double()
+                out.append(torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), -1))
         return out[0], out[1]
 
 
@@ -240,35 +241,29 @@ def implementations(case: Case) -> dict[str, Callable]:
         "ropekit.module": lambda q, k: case.rope(q, k, offset=case.offset),
     }
     torch._dynamo.reset()
-    compiled = torch.compile(fused, fullgraph=True, dynamic=False)
-    impls["torch.compile"] = lambda q, k: compiled(q, k, case.cos_s, case.sin_s)
-    try:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as hf
-
-        impls["hf"] = lambda q, k: hf(q, k, case.cos_hf, case.sin_hf)
-    except Exception as err:
-        print(f"  hf unavailable: {type(err).__name__}: {err}")
-    if DEVICE == "cuda":
-        try:
-            from liger_kernel.ops.rope import LigerRopeFunction
-
-            impls["liger"] = lambda q, k: LigerRopeFunction.apply(q, k, case.cos_hf, case.sin_hf)
-        except Exception as err:
-            print(f"  liger unavailable: {type(err).__name__}: {err}")
+    for peer in peers_for(DEVICE):
+        made = peer.make(case.tables)
+        if isinstance(made, str):
+            print(f"  {peer.key} unavailable: {made}")
+        else:
+            impls[peer.key] = made
+            if peer.interleaved:
+                INTERLEAVED.add(peer.key)
     if ARGS.impls:
         keep = set(ARGS.impls.split(","))
         impls = {name: f for name, f in impls.items() if name in keep}
     return impls
 
 
-def max_rel_err(impl: Callable, case: Case) -> float:
-    """max |out - exact| / max |exact| over q and k, on copies (liger works in place)."""
+def max_rel_err(impl: Callable, case: Case, interleaved: bool = False) -> float:
+    """max |out - exact| / max |exact| over q and k, on copies (liger works in place);
+    ``interleaved``: against the neighbouring-lanes layout (Meta, torchtune, ...)."""
     q = case.q.transpose(1, 2).clone().transpose(1, 2)
     k = case.k.transpose(1, 2).clone().transpose(1, 2)
     with torch.no_grad():
         out = impl(q, k)
     errs = []
-    for o, r in zip(out, case.reference64(), strict=True):
+    for o, r in zip(out, case.reference64(interleaved), strict=True):
         errs.append(float((o.double() - r).abs().max() / r.abs().max()))
     return max(errs)
 
@@ -316,7 +311,7 @@ def run_case(name: str, dtype_name: str, results: list[dict]) -> None:
     errors = {}
     for impl_name, impl in impls.items():
         try:
-            errors[impl_name] = max_rel_err(impl, case)
+            errors[impl_name] = max_rel_err(impl, case, impl_name in INTERLEAVED)
         except Exception as err:
             errors[impl_name] = f"{type(err).__name__}: {str(err)[:300]}"
     for mode in ("fwd", "fwd+bwd"):

@@ -1,5 +1,6 @@
-"""The package's import graph: imports flow one way (no cycles), and the only imports
-inside functions are the lazy ones that keep ``import ropekit`` light (backends, plots)."""
+"""The packages' import graph: imports flow one way (no cycles; the lab ``ropekit_lab``
+imports the library ``ropekit``, never the reverse), and the only imports inside
+functions are the lazy ones that keep ``import ropekit`` light (backends, plots)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ import ast
 from pathlib import Path
 
 import ropekit
+import ropekit_lab
 
 ROOT = Path(ropekit.__file__).parent
+LAB = Path(ropekit_lab.__file__).parent
+SRC = ROOT.parent  # both packages live in src/ (LAB.parent, checked below)
+
+
+def files() -> list[Path]:
+    return [*ROOT.rglob("*.py"), *LAB.rglob("*.py")]
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    parts = path.relative_to(SRC).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -26,11 +34,12 @@ def resolve(current: str, is_package: bool, node: ast.ImportFrom) -> str:
 
 
 def graph() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
-    """Module-level edges between ropekit modules, and every function-level import."""
+    """Module-level edges between ropekit and ropekit_lab modules, and every
+    function-level import."""
     edges: dict[str, set[str]] = {}
     inner: list[tuple[str, str]] = []
-    modules = {module_name(p) for p in ROOT.rglob("*.py")}
-    for path in ROOT.rglob("*.py"):
+    modules = {module_name(p) for p in files()}
+    for path in files():
         name = module_name(path)
         tree = ast.parse(path.read_text())
         edges.setdefault(name, set())
@@ -86,6 +95,27 @@ def test_no_import_cycles() -> None:
     for m in sorted(edges):
         if m not in state:
             visit(m)
+
+
+def test_library_never_imports_the_lab() -> None:
+    """Nothing under src/ropekit/ imports ropekit_lab: not at module level, not inside a
+    function, not by name through importlib."""
+    assert LAB.parent == SRC
+    edges, inner = graph()
+    library = [m for m in edges if m == "ropekit" or m.startswith("ropekit.")]
+    assert "ropekit.cli.main" in library and "ropekit_lab.cli.main" in edges
+    for m in library:
+        assert not {t for t in edges[m] if t.split(".")[0] == "ropekit_lab"}, (m, edges[m])
+    assert not [(m, t) for m, t in inner if m in library and t.split(".")[0] == "ropekit_lab"]
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.startswith("ropekit_lab") for n in names), path
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not node.value.startswith("ropekit_lab."), (path, node.value)
+    # and the lab does build on the library
+    assert any(t.startswith("ropekit.") for t in edges["ropekit_lab.model"])
 
 
 def test_apply_layers_flow_one_way() -> None:

@@ -586,29 +586,6 @@ def test_compiled_backend_keeps_compiling_past_dynamos_default_limit(caplog) -> 
     assert torch._dynamo.config.recompile_limit == 8  # restored after each call
 
 
-def test_bench_subcommand_parses_and_formats() -> None:
-    # `ropekit bench` itself is timing (benchmarks/, not tests): check its interface and
-    # report format on a made-up result.
-    import argparse
-
-    from ropekit.cli import bench
-
-    parser = argparse.ArgumentParser()
-    bench.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--rounds", "2", "--shapes", "decode", "--compile"])
-    assert args.func is bench.run and args.rounds == 2 and args.shapes == ["decode"]
-    assert args.compile and not args.first_call
-    case = next(c for c in bench.CASES if c.shape == "decode" and c.dtype == torch.bfloat16)
-    result = bench.CaseResult(case, 1.5e-5, {"ropekit auto": 2.0}, {}, {"torchtune": "missing"})
-    text = bench.format_report([result])
-    assert "decode: q and k 32×32×1×128 at offset 1000" in text
-    assert "| copy_ of q and k (absolute) | 15.0 µs |" in text
-    assert "| ropekit auto | 2.00× |" in text
-    assert "torchtune: missing" in text
-    with pytest.raises(ropekit.RopeValueError, match="--rounds=0"):
-        bench.run(argparse.Namespace(rounds=0, compile=False, first_call=False, shapes=None))
-
-
 def test_compiled_backend_past_the_recompile_limit_warns_and_stays_correct(monkeypatch) -> None:
     """With Dynamo's limit exhausted, new patterns run the uncompiled formula: same values,
     a RuntimeWarning, no failure."""

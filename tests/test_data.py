@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ropekit import RopeValueError
-from ropekit.model.data import is_text, load_corpus, random_batch, stdlib_root
+from ropekit_lab.data import is_text, load_corpus, random_batch, stdlib_root
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from ropekit import RopeValueError
 from ropekit.distributed import shard_indices, shard_positions, unshard
-from ropekit.model import ModelConfig, Transformer
-from ropekit.model.train import TrainConfig, train
+from ropekit_lab.model import ModelConfig, Transformer
+from ropekit_lab.train import TrainConfig, train
 
 # --------------------------------------------------------------------------- one process
 
@@ -129,8 +129,8 @@ WORKER = textwrap.dedent(
     from ropekit import RopeConfig, RotaryEmbedding
     from ropekit.scaling import SCALINGS
     from ropekit.distributed import shard_indices, shard_positions
-    from ropekit.model import ModelConfig, Transformer
-    from ropekit.model.train import TrainConfig, train
+    from ropekit_lab.model import ModelConfig, Transformer
+    from ropekit_lab.train import TrainConfig, train
 
     out = sys.argv[1]
     dist.init_process_group("gloo")

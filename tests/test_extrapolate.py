@@ -1,5 +1,5 @@
 """The extrapolation experiment: evaluation mechanics against math, the methods compared,
-and ``ropekit extrapolate --quick`` end to end (JSON, PNG, table, time)."""
+and ``ropekit-lab extrapolate --quick`` end to end (JSON, PNG, table, time)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from ropekit import RopeValueError
-from ropekit.cli import extrapolate as cli
-from ropekit.model import ModelConfig, Transformer
-from ropekit.model.extrapolate import (
+from ropekit_lab.cli import extrapolate as cli
+from ropekit_lab.extrapolate import (
     ExperimentConfig,
     eval_windows,
     evaluate,
     format_table,
     scaling_methods,
 )
+from ropekit_lab.model import ModelConfig, Transformer
 
 
 def test_eval_windows_are_evenly_spaced_slices() -> None:

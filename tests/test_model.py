@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ropekit import RopeValueError, spec
-from ropekit.model import KVCache, ModelConfig, Transformer, generate
 from ropekit.scaling import SCALINGS
+from ropekit_lab.model import KVCache, ModelConfig, Transformer, generate
 
 SMALL = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16)
 

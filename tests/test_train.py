@@ -1,6 +1,6 @@
 """Trainer: schedule, reproducibility, resume, checkpoints and their errors, the CLI.
 
-The crash tests kill real ``ropekit train`` processes with SIGKILL: at seeded random
+The crash tests kill real ``ropekit-lab train`` processes with SIGKILL: at seeded random
 moments, and at chosen points inside a save (a wrapper script patches the checkpoint
 writer to stop there), then resume and compare the final weights bit for bit with an
 uninterrupted run.
@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import ropekit.model.train as train_mod
+import ropekit_lab.train as train_mod
 from ropekit import RopeValueError
-from ropekit.cli import train as train_cli
-from ropekit.model import ModelConfig, Transformer
-from ropekit.model.train import (
+from ropekit_lab.cli import train as train_cli
+from ropekit_lab.model import ModelConfig, Transformer
+from ropekit_lab.train import (
     TrainConfig,
     load_checkpoint,
     lr_at,
@@ -409,7 +409,7 @@ def test_corrupted_checkpoint_is_an_error_and_nothing_is_written(
     data.write_bytes(bytes(DATA.numpy()))
     assert train_cli.main(["--out", str(folder), "--data", str(data), "--resume", "--steps", "6",
                            "--no-progress", "--checkpoint-every", "1"]) == 2  # fmt: skip
-    assert "ropekit train: error: " in capsys.readouterr().err
+    assert "ropekit-lab train: error: " in capsys.readouterr().err
     assert snapshot(folder) == before
 
 
@@ -479,10 +479,10 @@ def assert_bit_exact(out: Path, expected: dict[str, torch.Tensor], steps: int) -
 
 
 # Each child imports torch (about 2.6 s of CPU) before it waits for "go" on stdin and then
-# runs `ropekit train` (ropekit.cli.main.main, as the console script does): all children
+# runs `ropekit-lab train` (ropekit_lab.cli.main.main, as the console script does): all children
 # import at once on both cores, and the kills still hit a training process.
 PRELOADED = (
-    "import sys, torch._dynamo, ropekit.cli.main as cli, ropekit.model.train; "
+    "import sys, torch._dynamo, ropekit_lab.cli.main as cli, ropekit_lab.train; "
     "sys.stdin.readline(); sys.exit(cli.main(sys.argv[1:]))"
 )
 
@@ -546,15 +546,15 @@ def test_kill_9_at_random_moments_then_resume_is_bit_exact(crash_setup, tmp_path
     print(f"{kills} kills at steps up to {last_step}, {mid_save} inside a save")
 
 
-# A wrapper that runs `ropekit train` with the checkpoint writer patched to print a marker
+# A wrapper that runs `ropekit-lab train` with the checkpoint writer patched to print a marker
 # and sleep at one chosen point of the save of one chosen step; the test then kills it.
 WRAPPER = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
 
-    import ropekit.model.train as t
-    from ropekit.cli.main import main
+    import ropekit_lab.train as t
+    from ropekit_lab.cli.main import main
 
     point, at = sys.argv[1], int(sys.argv[2])
     real_write, real_discard = t._write_file, t._discard

@@ -167,7 +167,17 @@ def _cpu_auto() -> Kernel:
     (Both rotate identically, so a process that has no C compiler only runs slower.)
     """
     if not _CPU_AUTO:
-        _CPU_AUTO.append(load_kernel(resolve_backend(Backend.AUTO, torch.device("cpu"))))
+        choice = resolve_backend(Backend.AUTO, torch.device("cpu"))
+        if choice is Backend.TORCH:  # said once per process: _CPU_AUTO is filled once
+            import warnings  # only on this path, once
+
+            warnings.warn(
+                f"ropekit: backend='auto' falls back to the torch backend on CPU (same results, "
+                f"slower): the C kernel is unavailable: {_loaded(Backend.CPU)}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        _CPU_AUTO.append(load_kernel(choice))
     return _CPU_AUTO[0]
 
 

@@ -207,6 +207,14 @@ def _load() -> _Kernel | str:
             return _Kernel(path, flags)
         except OSError as err:
             errors.append(f"loading {path} failed: {err}")
+    # Often every flag set fails the same way (e.g. no such compiler): say it once. The
+    # commands differ (flags, temporary file), so compare what follows " failed: ".
+    reasons = {e.partition(" failed: ")[2] or e for e in errors}
+    if len(errors) > 1 and len(reasons) == 1:
+        return (
+            f"could not build the CPU kernel, the same failure for all {len(errors)} flag "
+            f"sets; the first: {errors[0]}"
+        )
     return "could not build the CPU kernel: " + " | ".join(errors)
 
 

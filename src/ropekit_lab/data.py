@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import RopeValueError, check_float, check_int
+from ropekit.errors import RopeValueError, check_float, check_int
 
 __all__ = [
     "Corpus",

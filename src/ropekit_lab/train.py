@@ -1,4 +1,4 @@
-"""Training loop, checkpoints and data parallelism for :class:`~ropekit.model.Transformer`.
+"""Training loop, checkpoints and data parallelism for :class:`~ropekit_lab.model.Transformer`.
 
 * AdamW (weight decay on matrices only), linear warm-up then cosine decay to
   ``min_lr_ratio * lr``, global-norm gradient clipping.
@@ -37,8 +37,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
-from ..errors import RopeValueError, check_float, check_int
+from ropekit import distributed
+from ropekit.errors import RopeValueError, check_float, check_int
+
 from .data import random_batch
 from .model import ModelConfig, Transformer
 
@@ -56,6 +57,9 @@ __all__ = [
     "train",
 ]
 
+# The format name keeps the package the trainer lived in when it was written (ropekit.model,
+# before the lab moved to ropekit_lab): it names the on-disk layout, so checkpoints written
+# before the move still resume.
 CHECKPOINT_FORMAT = "ropekit.model/2"
 
 

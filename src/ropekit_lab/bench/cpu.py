@@ -1,63 +1,56 @@
-"""``ropekit bench``: how fast RoPE runs here, relative to copying q and k.
+"""The CPU benchmark: ropekit's backends against ``copy_``/``clone`` and the peers.
 
-RoPE is elementwise and memory-bound: its floor is reading q and k once and writing them
-once, i.e. ``copy_`` of q and k into preallocated buffers. Every figure is a ratio to that
-copy, measured in the same round, so machine load and clock changes cancel out.
+What ``ropekit-lab bench`` (5 rounds, no compiled rows) and ``benchmarks/bench_rope.py``
+(21 rounds, compiled rows, first calls in a fresh process) run. The method is
+:mod:`ropekit_lab.bench.harness`'s; the peers are :data:`ropekit_lab.bench.peers.PEERS`.
 
-Method (one process):
-
-* rounds are interleaved: each round times every implementation once (in a rotating
-  order), and the reported figure is the median over rounds of ``t_impl / t_copy``;
-* small cases repeat the call until the copy takes ~2 ms, so timer resolution and
-  Python overhead are measured, not rounded away;
-* large allocations stay on the heap (``mallopt(M_MMAP_MAX=0)`` and a high
-  ``M_TRIM_THRESHOLD``, glibc only): with glibc's defaults every fresh output of
-  32 MiB or more is a new ``mmap`` that is page-faulted on every call, which makes even
-  ``clone()`` ~5x ``copy_`` and would hide the kernels' own speed;
-* gradients are measured as forward + backward with the gradients already allocated
-  (``torch.autograd.backward``), and ``.grad`` reset between calls.
-
-Peers (each used as its documentation shows, with tables precomputed where the library
-lets the caller do so): Hugging Face ``apply_rotary_pos_emb`` (Llama), Meta's complex
-form (written here from Meta's reference ``apply_rotary_emb``: benchmark only),
-torchtune's ``RotaryPositionalEmbeddings`` (its file loaded by itself when ``import
-torchtune`` fails for want of torchao), ``rotary-embedding-torch``, and a
-``torch.compile``'d fused ``cat(x1 c - x2 s, x2 c + x1 s)`` computed in float32 (each half
-cast back before the ``cat``, the faster form). Missing peers are listed as unavailable,
-with the reason. ropekit's rows use precomputed float32 ``[s, n]`` tables, except the
-``RotaryEmbedding`` row, which builds them from the positions in every call.
-
-``benchmarks/bench_rope.py`` runs the full version (more rounds, compiled rows, the cost
-of a first call in a fresh process).
+Gradients are measured as forward + backward with the gradients already allocated
+(``torch.autograd.backward``), and ``.grad`` reset between calls. ropekit's rows use
+precomputed float32 ``[s, n]`` tables, except the ``RotaryEmbedding`` row, which builds
+them from the positions in every call. Missing peers are listed as unavailable, with
+the reason.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import ctypes
-import ctypes.util
-import gc
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from ..apply.api import apply_rope_qk
-from ..config import RopeConfig
-from ..frequencies.base import inv_freq
-from ..modules.rotary import RotaryEmbedding
-from ..tables.cos_sin import cos_sin
+from ropekit.apply.api import apply_rope_qk
+from ropekit.config import RopeConfig
+from ropekit.frequencies.base import inv_freq
+from ropekit.modules.rotary import RotaryEmbedding
+from ropekit.tables.cos_sin import cos_sin
 
-__all__ = ["CASES", "Case", "keep_allocations_on_heap", "register", "run", "run_benchmark"]
+from .harness import (
+    Step,
+    calibrate,
+    interleaved_ratios,
+    keep_allocations_on_heap,
+    machine_load,
+    no_gc,
+    time_block,
+)
+from .peers import Peer, Tables, peers_for
 
-Step = Callable[[], object]
+__all__ = [
+    "BASELINE",
+    "CASES",
+    "IMPLEMENTATIONS",
+    "Case",
+    "CaseResult",
+    "format_report",
+    "measure_case",
+    "run_benchmark",
+]
 
 
 @dataclass(frozen=True)
@@ -97,59 +90,20 @@ CASES: tuple[Case, ...] = tuple(
 )
 
 
-# ----------------------------------------------------------------------------- malloc
-
-
-def keep_allocations_on_heap() -> bool:
-    """Make glibc serve large allocations from the heap and keep freed memory (see module doc).
-
-    Returns False where this is not glibc (nothing changed). Affects this process only.
-    """
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_max = -1, -4
-        ok = libc.mallopt(m_mmap_max, 0) == 1
-        return ok and libc.mallopt(m_trim_threshold, 1 << 30) == 1
-    except (OSError, AttributeError):
-        return False
-
-
-# ----------------------------------------------------------------------------- peers
-
-
-def _meta_complex(q: torch.Tensor, k: torch.Tensor, freqs_cis: torch.Tensor):
-    # Meta's apply_rotary_emb (llama/model.py), for [b, h, s, d] tensors: freqs_cis [s, n].
-    q_ = torch.view_as_complex(q.float().reshape(*q.shape[:-1], -1, 2))
-    k_ = torch.view_as_complex(k.float().reshape(*k.shape[:-1], -1, 2))
-    q_out = torch.view_as_real(q_ * freqs_cis).flatten(-2)
-    k_out = torch.view_as_real(k_ * freqs_cis).flatten(-2)
-    return q_out.type_as(q), k_out.type_as(k)
-
-
-def _fused(q: torch.Tensor, k: torch.Tensor, c: torch.Tensor, s: torch.Tensor):
-    # Each half is cast back before the cat: Inductor then fuses q and k into one loop
-    # (casting after the cat is ~3x slower in bf16).
-    def one(x: torch.Tensor) -> torch.Tensor:
-        n = c.shape[-1]
-        a, b = x[..., :n].float(), x[..., n:].float()
-        return torch.cat(((a * c - b * s).to(x.dtype), (b * c + a * s).to(x.dtype)), dim=-1)
-
-    return one(q), one(k)
-
-
 @dataclass
 class _Inputs:
     case: Case
     q: torch.Tensor
     k: torch.Tensor
-    cos: torch.Tensor  # [s, n] float32 (ropekit, fused peer)
+    cos: torch.Tensor  # [s, n] float32 (ropekit, peers)
     sin: torch.Tensor
     grads: tuple[torch.Tensor, torch.Tensor] | None
     buffers: tuple[torch.Tensor, torch.Tensor]
     extra: dict[str, object] = field(default_factory=dict)
+
+    def tables(self) -> Tables:
+        c = self.case
+        return Tables(c.d, c.s, c.offset, c.dtype, self.cos, self.sin)
 
 
 def _make_inputs(case: Case) -> _Inputs:
@@ -229,95 +183,20 @@ def _ropekit_module(inp: _Inputs) -> Step | str:
     return _wrap(inp, lambda q, k: rope(q, k, offset=offset))
 
 
-def _hf(inp: _Inputs) -> Step | str:
-    try:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-    except ImportError as err:
-        return f"transformers not importable ({err})"
-    # LlamaRotaryEmbedding returns [b, s, d] tables (cat(freqs, freqs)) cast to x.dtype.
-    cos = torch.cat((inp.cos, inp.cos), -1)[None].to(inp.case.dtype)
-    sin = torch.cat((inp.sin, inp.sin), -1)[None].to(inp.case.dtype)
-    return _wrap(inp, lambda q, k: apply_rotary_pos_emb(q, k, cos, sin))
+def _peer(peer: Peer) -> Factory:
+    def make(inp: _Inputs) -> Step | str:
+        rotation = peer.make(inp.tables())
+        return rotation if isinstance(rotation, str) else _wrap(inp, rotation)
+
+    return make
 
 
-def _meta(inp: _Inputs) -> Step | str:
-    # Meta's precompute_freqs_cis: float32 angles, polar form.
-    case = inp.case
-    angle = torch.outer(
-        torch.arange(case.offset, case.offset + case.s).float(), inv_freq(case.d).float()
-    )
-    freqs_cis = torch.polar(torch.ones_like(angle), angle)
-    return _wrap(inp, lambda q, k: _meta_complex(q, k, freqs_cis))
+BASELINE = "copy_ (baseline)"
 
-
-def _torchtune_rope() -> type | str:
-    """torchtune's ``RotaryPositionalEmbeddings`` class, or why it is unavailable.
-
-    ``import torchtune`` refuses to run without torchao (not installable here), but the
-    class's own file imports only torch: load that file by itself, unmodified.
-    """
-    import importlib.util
-
-    try:
-        from torchtune.modules import RotaryPositionalEmbeddings
-
-        return RotaryPositionalEmbeddings
-    except Exception as err:  # torchtune raises a plain Exception without torchao
-        why = str(err).strip().splitlines()[0][:60]
-    spec = importlib.util.find_spec("torchtune")
-    if spec is None or not spec.submodule_search_locations:
-        return f"torchtune not installed ({why})"
-    path = os.path.join(spec.submodule_search_locations[0], "modules", "position_embeddings.py")
-    file_spec = importlib.util.spec_from_file_location("_torchtune_position_embeddings", path)
-    if file_spec is None or file_spec.loader is None or not os.path.isfile(path):
-        return f"torchtune not importable ({why})"
-    module = importlib.util.module_from_spec(file_spec)
-    file_spec.loader.exec_module(module)
-    return module.RotaryPositionalEmbeddings
-
-
-def _torchtune(inp: _Inputs) -> Step | str:
-    RotaryPositionalEmbeddings = _torchtune_rope()
-    if isinstance(RotaryPositionalEmbeddings, str):
-        return RotaryPositionalEmbeddings
-    case = inp.case
-    rope = RotaryPositionalEmbeddings(case.d, max_seq_len=case.offset + case.s)
-    pos = torch.arange(case.offset, case.offset + case.s)
-    # torchtune takes [b, s, h, d]: feed transposed views, as a model would.
-    return _wrap(
-        inp,
-        lambda q, k: (
-            rope(q.transpose(1, 2), input_pos=pos).transpose(1, 2),
-            rope(k.transpose(1, 2), input_pos=pos).transpose(1, 2),
-        ),
-    )
-
-
-def _rotary_embedding_torch(inp: _Inputs) -> Step | str:
-    try:
-        from rotary_embedding_torch import RotaryEmbedding as Rot
-    except ImportError as err:
-        return f"rotary-embedding-torch not importable ({err})"
-    rot = Rot(dim=inp.case.d, cache_max_seq_len=max(8192, inp.case.offset + inp.case.s))
-    offset = inp.case.offset
-    return _wrap(
-        inp,
-        lambda q, k: (
-            rot.rotate_queries_or_keys(q, offset=offset),
-            rot.rotate_queries_or_keys(k, offset=offset),
-        ),
-    )
-
-
-def _compiled_fused(inp: _Inputs) -> Step | str:
-    fused = torch.compile(_fused)
-    c, s = inp.cos, inp.sin
-    return _wrap(inp, lambda q, k: fused(q, k, c, s))
-
-
-#: (row name, factory, needs torch.compile)
+#: (row name, factory, needs torch.compile), in report order: the baseline, clone,
+#: ropekit's rows, then the peers that run on a CPU.
 IMPLEMENTATIONS: tuple[tuple[str, Factory, bool], ...] = (
-    ("copy_ (baseline)", _copy, False),
+    (BASELINE, _copy, False),
     ("clone", _clone, False),
     ("ropekit auto", _ropekit("auto"), False),
     ("ropekit auto, interleaved", _ropekit("auto", interleaved=True), False),
@@ -328,32 +207,8 @@ IMPLEMENTATIONS: tuple[tuple[str, Factory, bool], ...] = (
     ("ropekit backend=torch", _ropekit("torch"), False),
     ("ropekit backend=reference", _ropekit("reference"), False),
     ("ropekit backend=compiled", _ropekit("compiled"), True),
-    ("HF apply_rotary_pos_emb", _hf, False),
-    ("Meta complex form", _meta, False),
-    ("torchtune", _torchtune, False),
-    ("rotary-embedding-torch", _rotary_embedding_torch, False),
-    ("torch.compile fused (fp32 math)", _compiled_fused, True),
+    *((p.name, _peer(p), p.compiles) for p in peers_for("cpu")),
 )
-
-
-# ----------------------------------------------------------------------------- timing
-
-
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def _time(step: Step, inner: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(inner):
-        step()
-    return (time.perf_counter() - t0) / inner
 
 
 @dataclass
@@ -397,21 +252,9 @@ def _measure_case(
         first[name] = time.perf_counter() - t0
         made()
         steps[name] = made
-    base = "copy_ (baseline)"
-    single = statistics.median(_time(steps[base], 1) for _ in range(5))
-    inner = max(1, min(1000, round(2e-3 / max(single, 1e-9))))
-    names = list(steps)
-    per_round: dict[str, list[float]] = {name: [] for name in names}
-    copies: list[float] = []
-    with _no_gc():
-        for r in range(rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            times = {name: _time(steps[name], inner) for name in order}
-            copies.append(times[base])
-            for name in names:
-                per_round[name].append(times[name] / times[base])
+    inner = calibrate(steps[BASELINE])
+    ratios, copies = interleaved_ratios(steps, BASELINE, rounds, inner)
     log(f"  {case.shape} {case.dims} {case.label}: copy_ {statistics.median(copies) * 1e3:.3f} ms")
-    ratios = {name: statistics.median(v) for name, v in per_round.items()}
     return CaseResult(case, statistics.median(copies), ratios, first, unavailable)
 
 
@@ -431,20 +274,18 @@ def measure_tables(rounds: int, positions: int = 131072, head_dim: int = 128) ->
     def exact_bf16() -> object:
         return cos_sin(freqs, pos, dtype=torch.bfloat16)
 
-    fns = {
-        "fp32 angle + fp32 trig (common)": fp32,
-        "ropekit.cos_sin → fp32": exact,
-        "ropekit.cos_sin → bf16": exact_bf16,
-    }
+    base = "fp32 angle + fp32 trig (common)"
+    fns = {base: fp32, "ropekit.cos_sin → fp32": exact, "ropekit.cos_sin → bf16": exact_bf16}
     for fn in fns.values():
         fn()
+    # Fixed order here (not rotated): as these figures were first measured.
     per: dict[str, list[float]] = {k: [] for k in fns}
-    with _no_gc():
+    with no_gc():
         for _ in range(rounds):
-            t = {k: _time(fn, 1) for k, fn in fns.items()}
+            t = {k: time_block(fn, 1) for k, fn in fns.items()}
             for k in fns:
-                per[k].append(t[k] / t["fp32 angle + fp32 trig (common)"])
-    base_time = statistics.median(_time(fp32, 1) for _ in range(3))
+                per[k].append(t[k] / t[base])
+    base_time = statistics.median(time_block(fp32, 1) for _ in range(3))
     out = {k: statistics.median(v) for k, v in per.items()}
     out["_fp32_seconds"] = base_time
     return out
@@ -484,14 +325,12 @@ def measure_first_call() -> dict[str, tuple[float, float, float]]:
     return results
 
 
-# ----------------------------------------------------------------------------- report
-
-
 def _fmt(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.2f}×"
 
 
 def format_report(results: list[CaseResult]) -> str:
+    """The per-shape markdown tables of ``results`` (one column per dtype and mode)."""
     lines: list[str] = []
     shapes: dict[str, list[CaseResult]] = {}
     for res in results:
@@ -509,7 +348,7 @@ def format_report(results: list[CaseResult]) -> str:
             for r in group
         )
         lines.append(f"| copy_ of q and k (absolute) | {copy_row} |")
-        names = [name for name, _, _ in IMPLEMENTATIONS if name != "copy_ (baseline)"]
+        names = [name for name, _, _ in IMPLEMENTATIONS if name != BASELINE]
         for name in names:
             cells = []
             seen = False
@@ -542,24 +381,32 @@ def run_benchmark(
 ) -> str:
     """Run the cases (all, or those of ``shapes``) and return the report as markdown.
 
-    ``heap=False`` keeps glibc's default allocator settings (fresh large outputs are
-    page-faulted on every call), to measure what ``out=``/in-place save.
+    The report starts with one header (versions, threads, method, the machine's load and,
+    if busy, a warning). ``log`` gets progress only: a warning at the start when the
+    machine is busy, then one line per case. ``heap=False`` keeps glibc's default
+    allocator settings (fresh large outputs are page-faulted on every call), to measure
+    what ``out=``/in-place save.
     """
-    from ..apply.cpu import cpu_kernel_status
+    from ropekit.apply.cpu import cpu_kernel_status
 
+    load = machine_load()
     heap = heap and keep_allocations_on_heap()
     out = [
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
         f"{rounds} interleaved rounds, medians of per-round ratios; "
         f"large allocations kept on the heap: {'yes' if heap else 'no'}",
         f"CPU kernel: {cpu_kernel_status()}",
+        f"machine before the run: {load.describe()}",
     ]
-    log(out[0])
+    warning = load.warning()
+    if warning:
+        out.append(warning)
+        log(warning)
+    selected = [c for c in CASES if not shapes or c.shape in shapes]
+    log(f"measuring {len(selected)} cases, {rounds} rounds each (the report follows):")
     results = []
     first_calls: dict[str, float] = {}
-    for case in CASES:
-        if shapes and case.shape not in shapes:
-            continue
+    for case in selected:
         res = measure_case(case, rounds, with_compile, log)
         results.append(res)
         for name in ("ropekit backend=compiled", "torch.compile fused (fp32 math)"):
@@ -582,50 +429,5 @@ def run_benchmark(
             out.append(
                 f"- {label}: import {imp:.2f} s, first call {first:.3f} s, second {second * 1e3:.2f} ms"
             )
+    out.append(f"\nmachine after the run: {machine_load().describe()} (this run included)")
     return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="time RoPE against copy_ and other implementations (quick)",
-        description="Time RoPE here against copy_ of q and k (the memory floor), ropekit's "
-        "backends and the installed peers; prints medians over interleaved rounds of each "
-        "time divided by copy_'s in the same round. benchmarks/bench_rope.py runs the full "
-        "version.",
-    )
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument(
-        "--shapes",
-        nargs="+",
-        choices=sorted({c.shape for c in CASES}),
-        help="only these shapes (default: all)",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="include torch.compile'd rows (seconds of compilation per dtype and shape)",
-    )
-    parser.add_argument(
-        "--first-call", action="store_true", help="also time a fresh process's first call"
-    )
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.rounds < 1:
-        from ..errors import RopeValueError
-
-        raise RopeValueError(f"--rounds={args.rounds} is not allowed: expected an int >= 1")
-    report = run_benchmark(
-        rounds=args.rounds,
-        with_compile=args.compile,
-        first_call=args.first_call,
-        shapes=tuple(args.shapes) if args.shapes else None,
-        log=lambda msg: print(msg, file=sys.stderr),
-    )
-    print(report)
-    return 0

@@ -14,7 +14,7 @@ Per block (pre-norm residual, as in Llama)::
 
 Positions enter only through the shared :class:`~ropekit.RotaryEmbedding`, so changing
 the scaling method (:meth:`Transformer.set_rope_scaling`) changes nothing else: that is
-what the length-extrapolation experiment (:mod:`ropekit.model.extrapolate`) relies on.
+what the length-extrapolation experiment (:mod:`ropekit_lab.extrapolate`) relies on.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import RopeConfig
-from ..errors import RopeValueError, check_float, check_int, check_tensor
-from ..frequencies.scaling import Scaling, scaling_from_dict
-from ..modules.rotary import RotaryEmbedding
-from ..positions import default_positions
+from ropekit.config import RopeConfig
+from ropekit.errors import RopeValueError, check_float, check_int, check_tensor
+from ropekit.frequencies.scaling import Scaling, scaling_from_dict
+from ropekit.modules.rotary import RotaryEmbedding
+from ropekit.positions import default_positions
 
 __all__ = ["KVCache", "ModelConfig", "Transformer", "generate"]
 

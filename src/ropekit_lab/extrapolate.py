@@ -2,7 +2,7 @@
 
 The protocol (after the comparisons in the YaRN paper, at toy scale):
 
-1. Train a :class:`~ropekit.model.Transformer` with plain RoPE on windows of ``L`` bytes.
+1. Train a :class:`~ropekit_lab.model.Transformer` with plain RoPE on windows of ``L`` bytes.
 2. Without any further training, swap in each scaling method (the weights are shared,
    only the rotary tables change) and measure validation loss at every length.
 3. Optionally (``finetune_steps > 0``) fine-tune copies of the model at ``2L`` with PI and
@@ -45,14 +45,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import RopeValueError, check_float, check_int
-from ..frequencies.scaling import SCALINGS, Scaling
+from ropekit.errors import RopeValueError, check_float, check_int
+from ropekit.frequencies.scaling import SCALINGS, Scaling
+
 from .data import Corpus
 from .model import ModelConfig, Transformer
 from .train import TrainConfig, resolve_device, train
 
 __all__ = [
     "ExperimentConfig",
+    "coinciding_curves",
     "eval_windows",
     "evaluate",
     "format_table",
@@ -354,52 +356,94 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Per method: line style and marker, so that curves which coincide stay visible (at
+#: ``T = 8L`` dynamic NTK *is* NTK with ``s = 8``: the two position curves are identical).
+_STYLES: dict[str, tuple[str, str]] = {
+    "rope": ("-", "o"),
+    "pi": ("-", "s"),
+    "ntk": ("-", "^"),
+    "dynamic": (":", "v"),
+    "yarn": ("-", "D"),
+    "llama3": ("-.", "P"),
+}
+
+
+def coinciding_curves(report: dict[str, Any], tol: float = 1e-4) -> list[tuple[str, str]]:
+    """Pairs of methods whose loss-vs-position curves at the longest length agree within
+    ``tol`` everywhere (drawn on top of each other: the figure says so in a note)."""
+    rows = report["results"]
+    pairs = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1 :]:
+            xa, xb = a["position_loss"], b["position_loss"]
+            if len(xa) == len(xb) and all(abs(u - v) <= tol for u, v in zip(xa, xb, strict=True)):
+                pairs.append((a["method"], b["method"]))
+    return pairs
+
+
 def plot(report: dict[str, Any], path: str | Path) -> Path:
     """Two panels: loss vs evaluation length per method, and loss vs position at the
-    longest length (bucketed means). Needs matplotlib."""
+    longest length (bucketed means). Needs matplotlib.
+
+    Both x-axes count tokens, which for this byte-level model are bytes.
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        raise RopeValueError("plotting needs matplotlib: pip install matplotlib") from None
+    except ImportError as err:
+        from ropekit.cli.common import MATPLOTLIB_HINT
+
+        raise RopeValueError(f"plotting needs matplotlib ({err}): {MATPLOTLIB_HINT}") from None
     path = Path(path)
     lengths = report["lengths"]
     L = report["config"]["seq_len"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    longest = max(lengths)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.2))
     colors: dict[str, Any] = {}
     for row in report["results"]:
         base = row["method"].split(" ")[0]
-        style = "--" if row["finetuned"] else "-"
+        style, marker = _STYLES.get(base, ("-", "o"))
+        if row["finetuned"]:
+            style = "--"
         ys = [row["loss"][str(n)] for n in lengths]
         (line,) = ax1.plot(
-            lengths, ys, style, marker="o", ms=3, color=colors.get(base), label=row["method"]
+            lengths, ys, style, marker=marker, ms=4, color=colors.get(base), label=row["method"]
         )
         colors.setdefault(base, line.get_color())
         bucket = report["position_bucket"]
         xs = [bucket * (i + 0.5) for i in range(len(row["position_loss"]))]
-        ax2.plot(xs, row["position_loss"], style, color=colors[base], lw=1.1)
+        ax2.plot(xs, row["position_loss"], style, color=colors[base], lw=1.3,
+                 marker=marker, ms=3, markevery=8)  # fmt: skip
     ax1.set_xscale("log", base=2)
-    ax1.set_xticks(lengths, [str(n) for n in lengths])
-    ax1.set_xlabel("evaluation length (bytes)")
+    ax1.set_xticks(lengths, [f"{n}\n({n // L}L)" if n != L else f"{n}\n(L)" for n in lengths])
+    ax1.set_xlabel("evaluation length T (tokens; a token is one byte)")
     ax1.set_ylabel("validation loss (nats/byte)")
-    ax1.set_title(f"trained at L={L}: loss vs evaluation length")
+    ax1.set_title(f"trained at L = {L}: mean loss over sequences of T tokens")
     top = max(max(r["loss"].values()) for r in report["results"])
     low = min(min(r["loss"].values()) for r in report["results"])
     ax1.set_ylim(low - 0.05, min(top, low + 3) + 0.05)
-    ax2.set_xlabel(f"token position within sequences of {max(lengths)}")
+    ax2.set_xlabel(f"position in the sequence (tokens; a token is one byte), T = {longest}")
     ax2.set_ylabel(f"mean loss per {report['position_bucket']}-position bucket")
-    ax2.set_title(f"loss vs position at length {max(lengths)}")
+    ax2.set_title(f"loss at each position, sequences of T = {longest} tokens")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     for m in (1, 2):
         ax2.axvline(m * L, color="grey", lw=0.8, ls=":")
         ax2.text(m * L, 0.98, f" {m if m > 1 else ''}L", transform=ax2.get_xaxis_transform(),
-                 va="top", ha="left", fontsize=8, color="grey")  # fmt: skip
+                 va="top", ha="left", fontsize=9, color="grey")  # fmt: skip
+    same = coinciding_curves(report)
+    if same:
+        note = "; ".join(f"{a} and {b}" for a, b in same)
+        ax2.text(0.99, 0.02, f"identical curves (drawn on top of each other): {note}",
+                 transform=ax2.transAxes, ha="right", va="bottom", fontsize=8.5,
+                 color="dimgrey", wrap=True)  # fmt: skip
     handles, labels = ax1.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    ncol = min(len(labels), 5)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=10, frameon=False)
+    rows_of_legend = -(-len(labels) // ncol)
+    fig.tight_layout(rect=(0, 0.045 * rows_of_legend + 0.01, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

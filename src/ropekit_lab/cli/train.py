@@ -1,4 +1,4 @@
-"""``ropekit train``: train the small Llama-style byte model (:mod:`ropekit.model`).
+"""``ropekit-lab train``: train the small Llama-style byte model (:mod:`ropekit_lab.model`).
 
 Checkpoints go into the run folder ``--out``: one directory per saved step
 (``step-00000015/``: safetensors weights and optimizer state, meta.json, and MANIFEST.json
@@ -8,7 +8,7 @@ for bit; a damaged folder is an error and nothing is overwritten. Runs on one pr
 data-parallel under torchrun (gloo on CPU, NCCL on GPU; ``--batch-size`` is the global
 batch)::
 
-    torchrun --nproc_per_node 2 -m ropekit.cli.train --out out/ddp --steps 200
+    torchrun --nproc_per_node 2 -m ropekit_lab.cli.train --out out/ddp --steps 200
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+
+from ropekit.cli.common import help_text
 
 __all__ = ["build_parser", "main", "register", "run"]
 
@@ -61,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train the small byte-level Llama-style model (CPU, GPU, torchrun)",
-        description=__doc__,
+        description=help_text(__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(p)
@@ -69,11 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, after parsing: torch takes seconds to import and --help needs none of it.
     import torch
 
-    from ..model.data import load_corpus
-    from ..model.model import ModelConfig, Transformer
-    from ..model.train import TrainConfig, train
+    from ..data import load_corpus
+    from ..model import ModelConfig, Transformer
+    from ..train import TrainConfig, train
 
     model_config = ModelConfig(
         dim=args.dim,
@@ -119,20 +122,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ropekit train", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="ropekit-lab train",
+        description=help_text(__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``python -m ropekit.cli.train`` (and ``torchrun -m``)."""
-    from ..errors import RopeValueError
+    """Entry point for ``python -m ropekit_lab.cli.train`` (and ``torchrun -m``)."""
+    from ropekit.errors import RopeValueError  # after parsing: it imports torch
 
     args = build_parser().parse_args(argv)
     try:
         return run(args)
     except RopeValueError as err:
-        print(f"ropekit train: error: {err}", file=sys.stderr)
+        print(f"ropekit-lab train: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,4 @@
-"""``ropekit extrapolate``: train a small byte-level model at a short context ``L`` and
+"""``ropekit-lab extrapolate``: train a small byte-level model at a short context ``L`` and
 measure validation loss at ``L, 2L, 4L, 8L`` for plain RoPE and every scaling method
 (PI, NTK-aware, dynamic NTK, YaRN, Llama 3), then again after a short fine-tune at ``2L``
 for PI and YaRN (and plain RoPE as a control).
@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from ropekit.cli.common import help_text, require_matplotlib
+
 __all__ = ["register", "run"]
 
 
@@ -22,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "extrapolate",
         help="train a tiny model at length L, compare scaling methods at L..8L",
-        description=__doc__,
+        description=help_text(__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(p)
@@ -56,10 +58,14 @@ _OVERRIDES = {
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model.data import load_corpus
-    from ..model.extrapolate import ExperimentConfig, format_table, run_experiment, save_report
-
     t0 = time.perf_counter()
+    # The figure is written at the end: say now, not after minutes of training, that it
+    # cannot be (the same hint as ``ropekit inspect --plot``).
+    require_matplotlib("ropekit-lab extrapolate (it writes extrapolation.png)")
+    # Imported after parsing: torch takes seconds to import and --help needs none of it.
+    from ..data import load_corpus
+    from ..extrapolate import ExperimentConfig, format_table, run_experiment, save_report
+
     overrides: dict[str, Any] = {
         field: getattr(args, arg)
         for arg, field in _OVERRIDES.items()
