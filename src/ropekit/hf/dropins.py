@@ -24,10 +24,17 @@ module                 replaces                          ``forward`` -> ``(cos, 
                        (one RoPE per layer type)         layer_type)`` -> ``[b, s, 2n]``
 =====================  ================================  ===============================
 
-In all of them both halves of the last dim are equal (Hugging Face's ``rotate_half``
+and, in Llama 4's complex format: :class:`ComplexTables` for ``Llama4TextRotaryEmbedding``
+(``(x, position_ids [b, s])`` -> complex ``freqs_cis`` ``[b, s, n]``) and
+:class:`VisionComplexTables` for ``Llama4VisionRotaryEmbedding`` (``(pixel_values)`` ->
+complex ``[side**2 + 1, 1, n]`` for the fixed square grid of its config).
+
+In the real-valued ones both halves of the last dim are equal (Hugging Face's ``rotate_half``
 pairing of lanes ``(j, j + n)``), and ``cos[..., j] = f cos(angle_j)`` with the angle of
 band ``j`` as the :class:`~ropekit.axes.AxesConfig` (or :class:`~ropekit.RopeConfig`)
-says.
+says. The complex ones (Llama 4) hold ``f cos(angle_j) + i f sin(angle_j)`` for pair
+``j`` (lanes ``(2j, 2j + 1)``), complex64 for half and float32 models, complex128 for
+float64 ones.
 
 Rotation drop-ins (same signatures as the family functions they replace; each checks the
 pair count of the tables it gets, as the 1-D patch does):
@@ -38,7 +45,11 @@ pair count of the tables it gets, as the 1-D patch does):
   sin)``, ``q`` ``[N, h, d]``, tables ``[N, 2n]``;
 * :func:`rotary_pos_emb_prefix` -> DINOv3's ``apply_rotary_pos_emb(q, k, cos, sin,
   **kwargs)``, ``q`` ``[b, h, T, d]``, tables ``[P, 2n]``: the first ``T - P`` tokens (CLS
-  and registers) pass through.
+  and registers) pass through;
+* :func:`rotary_emb_complex` -> Llama 4's ``apply_rotary_emb(xq, xk, freqs_cis)``, ``xq``
+  ``[b, s, h, d]``, complex ``[b, s, n]`` tables, interleaved pairs;
+* :func:`vision_rotary_emb_complex` -> Llama 4's ``vision_apply_rotary_emb(query, key,
+  freqs_ci)``, ``query`` ``[b, T, h, d]``, complex tables of ``T n`` entries (``[T, 1, n]``).
 """
 
 from __future__ import annotations
@@ -52,19 +63,26 @@ from torch import nn
 from ..apply import compute_dtype
 from ..apply.api import apply_rope_qk, hf_halves
 from ..axes.config import AxesConfig
-from ..axes.positions import patch_centers
+from ..axes.positions import llama4_vision_positions, patch_centers
 from ..axes.tables import axis_bands, cos_sin
 from ..config import RopeConfig
 from ..errors import RopeValueError
+from ..modules.rotary import KeptFrequencies
+from ..tables.cos_sin import cos_sin as cos_sin_1d
+from ..tables.cos_sin import position_tables
 from .tables import RotaryTables
 
 __all__ = [
     "AxesTables",
+    "ComplexTables",
     "DinoTables",
     "LayerTables",
+    "VisionComplexTables",
+    "rotary_emb_complex",
     "rotary_pos_emb",
     "rotary_pos_emb_prefix",
     "rotary_pos_emb_vision",
+    "vision_rotary_emb_complex",
 ]
 
 _Pair = tuple[torch.Tensor, torch.Tensor]
@@ -225,6 +243,95 @@ class LayerTables(nn.Module):
         return self.tables[layer_type](x, position_ids)
 
 
+class ComplexTables(KeptFrequencies):
+    """Llama 4's complex ``freqs_cis`` (``Llama4TextRotaryEmbedding``), computed exactly.
+
+    Args:
+        config: the text model's :class:`~ropekit.RopeConfig` (``from_hf(text_config)``,
+            ``interleaved=True``: Llama 4 pairs lanes ``(2j, 2j + 1)``).
+
+    ``forward(x, position_ids [b, s])`` -> complex ``[b, s, n]``, entry ``j`` equal to
+    ``f (cos(m inv_freq[j]) + i sin(m inv_freq[j]))`` (``f`` the attention factor), from
+    float64 angles rounded once to ``compute_dtype(x.dtype)`` (complex64 for half and
+    float32 ``x``, as transformers' are; complex128 for float64). No buffers; the kept
+    float64 frequencies follow ``model.to(device)``. Length-dependent methods (dynamic
+    NTK, LongRoPE) pick their table set from ``max(position_ids) + 1``, as
+    :class:`~ropekit.hf.RotaryTables` does.
+
+    Example:
+        >>> tables = ComplexTables(RopeConfig(head_dim=8, interleaved=True))
+        >>> freqs = tables(torch.zeros(1), torch.arange(3)[None])
+        >>> tuple(freqs.shape), freqs.dtype, tables.n_pairs
+        ((1, 3, 4), torch.complex64, 4)
+    """
+
+    def __init__(self, config: RopeConfig) -> None:
+        if not isinstance(config, RopeConfig) or not config.interleaved:
+            raise RopeValueError(
+                f"config={config!r} is not allowed: expected a RopeConfig with "
+                "interleaved=True (Llama 4's complex form pairs lanes (2j, 2j + 1))"
+            )
+        super().__init__(config)
+        self.n_pairs = config.n_pairs
+
+    def extra_repr(self) -> str:
+        return repr(self.config)
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype(x.dtype)
+        if self._frequencies is None:
+            inv_freq, factor = self.config.frequencies(int(position_ids.max()) + 1)
+            cos, sin = cos_sin_1d(inv_freq, position_ids, attention_factor=factor, dtype=dtype)
+        else:
+            inv_freq, fine = self._on(position_ids.device)
+            rows = self._rows if fine is self._fine else None
+            cos, sin = position_tables(inv_freq, position_ids, self._frequencies[1], fine,
+                                       dtype, rows)  # fmt: skip
+        return torch.complex(cos, sin)
+
+
+class VisionComplexTables(nn.Module):
+    """Llama 4's vision ``freqs_ci`` (``Llama4VisionRotaryEmbedding``), computed exactly.
+
+    Args:
+        config: the :class:`~ropekit.axes.AxesConfig` (``preset("llama4_vision", ...)``:
+            ``[x bands, y bands]``, interleaved pairs).
+        side: patches per image side (``image_size // patch_size``; the model's grid is
+            square and fixed by its config).
+
+    ``forward(pixel_values)`` -> complex ``[side**2 + 1, 1, n]``: row ``r < side**2`` at
+    the patch position ``(r % side + 1, r // side + 1)``, the last row (the CLS token the
+    model appends) at angle 0 (:func:`ropekit.axes.positions.llama4_vision_positions`).
+    ``pixel_values`` only sets the dtype (complex64 for half and float32, complex128 for
+    float64) and the device. transformers builds its table once at init as a complex64
+    buffer (which ``model.to`` moves and ``model.double()`` leaves complex64); this
+    recomputes the small table per call from float64 angles, rounded once.
+    """
+
+    def __init__(self, config: AxesConfig, side: int) -> None:
+        super().__init__()
+        if not isinstance(config, AxesConfig) or config.pairing != "interleaved" or config.n_axes != 2:
+            raise RopeValueError(
+                f"config={config!r} is not allowed: expected a 2-axis AxesConfig with "
+                "pairing='interleaved' (preset('llama4_vision'))"
+            )
+        self.config = config
+        self.side = int(side)
+        self.n_pairs = config.n_pairs
+        self._positions = llama4_vision_positions(self.side)  # [side**2 + 1, 2] (x, y)
+        self._bands = axis_bands(config)
+
+    def extra_repr(self) -> str:
+        return f"{self.config!r}, side={self.side}"
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        device = pixel_values.device
+        self._bands = self._bands.to(device)
+        cos, sin = cos_sin(self._bands, self._positions.to(device),
+                           dtype=compute_dtype(pixel_values.dtype))  # fmt: skip
+        return torch.complex(cos, sin).unsqueeze(1)
+
+
 # ---------------------------------------------------------------------------------------
 # Rotations.
 
@@ -297,3 +404,64 @@ def rotary_pos_emb_prefix(n_pairs: int) -> Callable[..., _Pair]:
                 torch.cat((k[..., :prefix, :], rk), dim=-2))  # fmt: skip
 
     return apply_rotary_pos_emb
+
+
+def _complex_halves(freqs: object, n_pairs: int, name: str) -> _Pair:
+    """``(real, imag)`` views of a complex table, checked to hold ``n_pairs`` pairs."""
+    if not isinstance(freqs, torch.Tensor) or not freqs.is_complex() or freqs.ndim < 1:
+        what = f"{freqs.dtype} of shape {tuple(freqs.shape)}" if isinstance(freqs, torch.Tensor) \
+            else type(freqs).__name__  # fmt: skip
+        raise RopeValueError(
+            f"{name}={what} is not allowed: expected Llama 4's complex table [..., n]"
+        )
+    if freqs.shape[-1] != n_pairs:
+        raise RopeValueError(
+            f"{name}.shape={tuple(freqs.shape)} is not allowed: the patched model rotates "
+            f"n={n_pairs} pairs, expected a complex table [..., n={n_pairs}]"
+        )
+    return freqs.real, freqs.imag
+
+
+def rotary_emb_complex(n_pairs: int) -> Callable[..., _Pair]:
+    """Llama 4's ``apply_rotary_emb(xq, xk, freqs_cis)`` with ropekit's rotation.
+
+    ``xq`` ``[b, s, h_q, d]``, ``xk`` ``[b, s, h_k, d]``, ``freqs_cis`` complex ``[b, s,
+    n]`` (broadcast over heads). Pair ``j`` is lanes ``(2j, 2j + 1)``, rotated as
+    ``(x[2j] + i x[2j+1]) * freqs_cis[..., j]`` (``interleaved=True``). transformers
+    computes in float32 whatever the input dtype; this in ``compute_dtype(xq.dtype)``,
+    returning ``xq.dtype``."""
+
+    def apply_rotary_emb(
+        xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor
+    ) -> _Pair:
+        c, s = _complex_halves(freqs_cis, n_pairs, "freqs_cis")
+        if c.ndim == 3:  # [b, s, n] -> [b, s, 1, n]
+            c, s = c.unsqueeze(-2), s.unsqueeze(-2)
+        return apply_rope_qk(xq, xk, c, s, interleaved=True)
+
+    return apply_rotary_emb
+
+
+def vision_rotary_emb_complex(n_pairs: int) -> Callable[..., _Pair]:
+    """Llama 4's ``vision_apply_rotary_emb(query, key, freqs_ci)`` with ropekit's rotation.
+
+    ``query``, ``key`` ``[b, T, h, d]``; ``freqs_ci`` complex with ``T n`` entries
+    (``[T, 1, n]`` from the vision rotary module), one row per token, broadcast over the
+    batch and heads; interleaved pairs. transformers computes in float32; this in
+    ``compute_dtype(query.dtype)``, returning ``query.dtype``."""
+
+    def vision_apply_rotary_emb(
+        query: torch.Tensor, key: torch.Tensor, freqs_ci: torch.Tensor
+    ) -> _Pair:
+        c, s = _complex_halves(freqs_ci, n_pairs, "freqs_ci")
+        tokens = query.shape[1] if query.ndim == 4 else -1
+        if query.ndim != 4 or c.numel() != tokens * n_pairs:
+            raise RopeValueError(
+                f"query.shape={tuple(query.shape)} is not allowed with freqs_ci of shape "
+                f"{tuple(freqs_ci.shape)}: expected [b, T, h, d] with T * n = "
+                f"{c.numel()} table entries"
+            )
+        c, s = c.reshape(tokens, 1, n_pairs), s.reshape(tokens, 1, n_pairs)
+        return apply_rope_qk(query, key, c, s, interleaved=True)
+
+    return vision_apply_rotary_emb

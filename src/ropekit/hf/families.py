@@ -34,7 +34,19 @@ dinov3_vit     ``DINOv3ViTRopePositionEmbedding`` ->    ``apply_rotary_pos_emb``
                ``DinoTables`` (preset ``dinov3``)       tokens unrotated)
 gemma3_text,   ``Gemma3RotaryEmbedding`` (one RoPE per  ``apply_rotary_pos_emb``
 gemma3         layer type) -> ``LayerTables``
+llama4,        text ``Llama4TextRotaryEmbedding``       ``apply_rotary_emb`` ->
+llama4_text    (complex ``freqs_cis``) ->               ``rotary_emb_complex``
+               ``ComplexTables``
+llama4,        vision ``Llama4VisionRotaryEmbedding``   ``vision_apply_rotary_emb`` ->
+llama4_vision  (complex, fixed grid) ->                 ``vision_rotary_emb_complex``
+_model         ``VisionComplexTables``
 =============  =======================================  ==============================
+
+Llama 4 keeps its own NoPE layers (``no_rope_layers``: those attention modules never call
+the rotation, patched or not), its chunked attention (a mask, not RoPE) and its query
+temperature (``attn_temperature_tuning``: ``1 + attn_scale ln(1 + floor((m + 1) /
+floor_scale))`` on the NoPE layers' queries, computed by the attention code the patch
+keeps).
 
 Position ids stay the family's own: the drop-ins read the ids (or, for DINOv3, the pixel
 grid) the family's code passes them. Qwen-VL's ids come from transformers'
@@ -59,11 +71,15 @@ from .axes import axes_from_hf
 from .config import from_hf
 from .dropins import (
     AxesTables,
+    ComplexTables,
     DinoTables,
     LayerTables,
+    VisionComplexTables,
+    rotary_emb_complex,
     rotary_pos_emb,
     rotary_pos_emb_prefix,
     rotary_pos_emb_vision,
+    vision_rotary_emb_complex,
 )
 
 __all__ = ["FAMILIES", "Family", "Part", "UnsupportedModelError"]
@@ -129,6 +145,15 @@ def _layer_probe(module: nn.Module) -> list[_Args]:
     return [((torch.zeros(1), ids, t), {}) for t in sorted(set(module.config.layer_types))]
 
 
+def _llama4_text_probe(module: nn.Module) -> list[_Args]:
+    ids = torch.stack([torch.arange(9) * 3, 20 - torch.arange(9)])  # [2, 9]: rows differ
+    return [((torch.zeros(1), ids), {})]
+
+
+def _pixels_probe(module: nn.Module) -> list[_Args]:
+    return [((torch.zeros(1),), {})]  # the table is fixed by the config
+
+
 def _halves(n: int, rows: tuple[int, ...], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     angle = torch.randn(*rows, n, generator=gen, dtype=torch.float64)
     c, s = torch.cos(angle), torch.sin(angle)
@@ -161,6 +186,25 @@ def _prefix_rotation_probe(n: int) -> list[_Args]:
     q = torch.randn(1, 2, 6, 2 * n, generator=gen, dtype=torch.float64)
     k = torch.randn(1, 2, 6, 2 * n, generator=gen, dtype=torch.float64)
     return [((q, k, *_halves(n, (4,), gen)), {})]  # 2 prefix tokens
+
+
+def _complex(n: int, rows: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    angle = torch.randn(*rows, n, generator=gen, dtype=torch.float64)
+    return torch.polar(torch.ones_like(angle), angle)
+
+
+def _llama4_rotation_probe(n: int) -> list[_Args]:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 2, 2 * n, generator=gen, dtype=torch.float64)  # [b, s, h, d]
+    k = torch.randn(2, 3, 1, 2 * n, generator=gen, dtype=torch.float64)
+    return [((q, k, _complex(n, (2, 3), gen)), {})]
+
+
+def _llama4_vision_rotation_probe(n: int) -> list[_Args]:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 5, 2, 2 * n, generator=gen, dtype=torch.float64)  # [b, T, h, d]
+    k = torch.randn(2, 5, 2, 2 * n, generator=gen, dtype=torch.float64)
+    return [((q, k), {"freqs_ci": _complex(n, (5, 1), gen)})]
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,6 +281,33 @@ def _build_layers(module: nn.Module, modeling: Any) -> nn.Module:
     return LayerTables(configs)
 
 
+def _build_llama4_text(module: nn.Module, modeling: Any) -> nn.Module:
+    rope = from_hf(module.config)
+    if not rope.interleaved:
+        raise RopeValueError(
+            "ropekit.hf.from_hf gave interleaved=False for Llama 4: expected interleaved "
+            "pairs, as its complex apply_rotary_emb uses"
+        )
+    return ComplexTables(rope)
+
+
+def _build_llama4_vision(module: nn.Module, modeling: Any) -> nn.Module:
+    cfg = module.config
+    params = getattr(cfg, "rope_parameters", None) or {}
+    if params.get("rope_type", "default") != "default":
+        raise RopeValueError(
+            f"llama4 vision rope_type={params.get('rope_type')!r} is not allowed: expected "
+            "'default' (the model's table ignores any scaling)"
+        )
+    heads = int(cfg.num_attention_heads)
+    if cfg.hidden_size % heads:
+        raise RopeValueError(
+            f"hidden_size={cfg.hidden_size} is not allowed with {heads} heads: expected a multiple"
+        )
+    axes = preset("llama4_vision", head_dim=cfg.hidden_size // heads, theta=float(params["rope_theta"]))
+    return VisionComplexTables(axes, int(cfg.image_size) // int(cfg.patch_size))
+
+
 _TEXT_APPLY = dict(apply="apply_rotary_pos_emb", dropin=rotary_pos_emb, rotation_probes=_bhsd_probe)
 _VISION_APPLY = dict(apply="apply_rotary_pos_emb_vision", dropin=rotary_pos_emb_vision,
                      rotation_probes=_vision_rotation_probe, rotation_atol=1e-5)  # fmt: skip
@@ -250,6 +321,13 @@ def _qwen(name: str, text: str, vision: str) -> Family:
 
 
 _GEMMA3 = Family("gemma3", (Part("Gemma3RotaryEmbedding", _build_layers, _layer_probe, **_TEXT_APPLY),))
+
+# transformers computes Llama 4's rotations in float32 whatever the input dtype: 1e-5.
+_LLAMA4_TEXT = Part("Llama4TextRotaryEmbedding", _build_llama4_text, _llama4_text_probe,
+                    "apply_rotary_emb", rotary_emb_complex, _llama4_rotation_probe, 1e-5)
+_LLAMA4_VISION = Part("Llama4VisionRotaryEmbedding", _build_llama4_vision, _pixels_probe,
+                      "vision_apply_rotary_emb", vision_rotary_emb_complex,
+                      _llama4_vision_rotation_probe, 1e-5)  # fmt: skip
 
 #: ``config.model_type`` -> :class:`Family`.
 FAMILIES: dict[str, Family] = {
@@ -266,4 +344,7 @@ FAMILIES: dict[str, Family] = {
     )),
     "gemma3_text": _GEMMA3,
     "gemma3": _GEMMA3,
+    "llama4": Family("llama4", (_LLAMA4_TEXT, _LLAMA4_VISION)),
+    "llama4_text": Family("llama4", (_LLAMA4_TEXT,)),
+    "llama4_vision_model": Family("llama4", (_LLAMA4_VISION,)),
 }  # fmt: skip
