@@ -37,10 +37,12 @@ gemma3         layer type) -> ``LayerTables``
 llama4,        text ``Llama4TextRotaryEmbedding``       ``apply_rotary_emb`` ->
 llama4_text    (complex ``freqs_cis``) ->               ``rotary_emb_complex``
                ``ComplexTables``
-llama4,        vision ``Llama4VisionRotaryEmbedding``   ``vision_apply_rotary_emb`` ->
-llama4_vision  (complex, fixed grid) ->                 ``vision_rotary_emb_complex``
-_model         ``VisionComplexTables``
+llama4, ``*``  vision ``Llama4VisionRotaryEmbedding``   ``vision_apply_rotary_emb`` ->
+               (complex, fixed grid) ->                 ``vision_rotary_emb_complex``
+               ``VisionComplexTables``
 =============  =======================================  ==============================
+
+``*``: ``llama4_vision_model`` (``Llama4VisionModel`` on its own).
 
 Llama 4 keeps its own NoPE layers (``no_rope_layers``: those attention modules never call
 the rotation, patched or not), its chunked attention (a mask, not RoPE) and its query
