@@ -46,6 +46,11 @@ pair count of the tables it gets, as the 1-D patch does):
 * :func:`rotary_pos_emb_prefix` -> DINOv3's ``apply_rotary_pos_emb(q, k, cos, sin,
   **kwargs)``, ``q`` ``[b, h, T, d]``, tables ``[P, 2n]``: the first ``T - P`` tokens (CLS
   and registers) pass through;
+* :func:`rotary_pos_emb_one` -> Gemma 4's ``apply_rotary_pos_emb(x, cos, sin,
+  unsqueeze_dim=1)``: one tensor per call, any of the layer types' pair counts;
+* :func:`multidimensional_rope` -> Gemma 4's ``apply_multidimensional_rope(x, cos, sin,
+  position_ids, unsqueeze_dim=2)``: ``x`` ``[b, N, h, d]`` cut into ``A`` lane blocks (``A``
+  the last dim of ``position_ids``), each rotated half-split by its block of the tables;
 * :func:`rotary_emb_complex` -> Llama 4's ``apply_rotary_emb(xq, xk, freqs_cis)``, ``xq``
   ``[b, s, h, d]``, complex ``[b, s, n]`` tables, interleaved pairs;
 * :func:`vision_rotary_emb_complex` -> Llama 4's ``vision_apply_rotary_emb(query, key,
@@ -61,7 +66,7 @@ import torch
 from torch import nn
 
 from ..apply import compute_dtype
-from ..apply.api import apply_rope_qk, hf_halves
+from ..apply.api import apply_rope, apply_rope_qk, hf_halves
 from ..axes.config import AxesConfig
 from ..axes.positions import llama4_vision_positions, patch_centers
 from ..axes.tables import axis_bands, cos_sin
@@ -78,8 +83,10 @@ __all__ = [
     "DinoTables",
     "LayerTables",
     "VisionComplexTables",
+    "multidimensional_rope",
     "rotary_emb_complex",
     "rotary_pos_emb",
+    "rotary_pos_emb_one",
     "rotary_pos_emb_prefix",
     "rotary_pos_emb_vision",
     "vision_rotary_emb_complex",
@@ -116,10 +123,15 @@ class AxesTables(nn.Module):
 
     def __init__(self, config: AxesConfig, *, axes_first: bool) -> None:
         super().__init__()
-        if not isinstance(config, AxesConfig) or config.pairing != "half":
+        if not isinstance(config, AxesConfig) or config.pairing not in ("half", "blocks"):
             raise RopeValueError(
                 f"config={config!r} is not allowed: expected an AxesConfig with pairing='half' "
-                "(Hugging Face's rotate_half)"
+                "(Hugging Face's rotate_half) or 'blocks' (one rotate_half block per axis)"
+            )
+        if config.pairing == "blocks" and (axes_first or list(config.axis) != sorted(config.axis)):
+            raise RopeValueError(
+                f"config={config!r} is not allowed with axes_first={axes_first}: expected "
+                "pairing='blocks' with the bands ordered axis by axis, for [.., N, A] ids"
             )
         self.config = config
         self.axes_first = bool(axes_first)
@@ -141,14 +153,20 @@ class AxesTables(nn.Module):
                 )
             positions = position_ids.movedim(0, -1)  # [b, s, A]
         else:
-            if position_ids.ndim != 2 or position_ids.shape[-1] != a:
+            if position_ids.ndim not in (2, 3) or position_ids.shape[-1] != a:
                 raise RopeValueError(
                     f"position_ids.shape={tuple(position_ids.shape)} is not allowed: expected "
-                    f"[N, {a}]"
+                    f"[N, {a}] (or [b, N, {a}])"
                 )
             positions = position_ids
         self._bands = self._bands.to(positions.device)
-        return _doubled(*cos_sin(self._bands, positions, dtype=compute_dtype(x.dtype)))
+        cos, sin = cos_sin(self._bands, positions, dtype=compute_dtype(x.dtype))
+        if self.config.pairing == "blocks":
+            # Gemma 4: axis a's block of lanes is [its cos, its cos] (rotate_half per block)
+            sizes = list(self.config.block_pairs)
+            return (torch.cat([t for c in cos.split(sizes, -1) for t in (c, c)], dim=-1),
+                    torch.cat([t for c in sin.split(sizes, -1) for t in (c, c)], dim=-1))  # fmt: skip
+        return _doubled(cos, sin)
 
 
 class DinoTables(nn.Module):
@@ -218,21 +236,29 @@ class LayerTables(nn.Module):
         configs: ``{layer_type: RopeConfig}`` (``ropekit.hf.from_hf(config,
             layer_type=...)`` for each type in ``config.layer_types``).
 
+        mixed_pairs: allow layer types of different pair counts (Gemma 4: local layers of
+            head dim 256, global ones of 512); ``n_pairs`` is then the tuple of them.
+
     ``forward(x, position_ids [b, s], layer_type)`` -> the :class:`~ropekit.hf.RotaryTables`
-    of that type: ``[b, s, 2n]``.
+    of that type: ``[b, s, 2n]`` (``n`` that type's pair count).
     """
 
-    def __init__(self, configs: Mapping[str, RopeConfig]) -> None:
+    def __init__(self, configs: Mapping[str, RopeConfig], *, mixed_pairs: bool = False) -> None:
         super().__init__()
         if not configs:
             raise RopeValueError("configs={} is not allowed: expected one RopeConfig per layer type")
         pairs = {c.n_pairs for c in configs.values()}
-        if len(pairs) != 1:
+        if mixed_pairs:
+            # Gemma 4: each layer type has its own head dim; n_pairs is then the sorted
+            # tuple of the pair counts, every one of which the rotation accepts.
+            self.n_pairs: int | tuple[int, ...] = tuple(sorted(pairs))
+        elif len(pairs) != 1:
             raise RopeValueError(
                 f"layer types rotating {sorted(pairs)} pairs are not allowed: expected one pair "
                 "count (the attention code shares one head dim)"
             )
-        self.n_pairs = pairs.pop()
+        else:
+            self.n_pairs = pairs.pop()
         self.tables = nn.ModuleDict({k: RotaryTables(c) for k, c in configs.items()})
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str) -> _Pair:
@@ -465,3 +491,55 @@ def vision_rotary_emb_complex(n_pairs: int) -> Callable[..., _Pair]:
         return apply_rope_qk(query, key, c, s, interleaved=True)
 
     return vision_apply_rotary_emb
+
+
+def rotary_pos_emb_one(n_pairs: int | tuple[int, ...]) -> Callable[..., torch.Tensor]:
+    """Gemma 4's ``apply_rotary_pos_emb(x, cos, sin, unsqueeze_dim=1)``: one tensor.
+
+    ``x`` ``[b, h, s, d]`` (``unsqueeze_dim=1``) or ``[b, s, h, d]`` (2, as Gemma 4's text
+    attention calls it); tables ``[b, s, 2n]`` with ``n`` one of ``n_pairs`` (the pair
+    counts of the layer types)."""
+    allowed = (n_pairs,) if isinstance(n_pairs, int) else tuple(n_pairs)
+
+    def apply_rotary_pos_emb(
+        x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+    ) -> torch.Tensor:
+        c, s = hf_halves(cos, sin, unsqueeze_dim)
+        if c.shape[-1] not in allowed:
+            raise RopeValueError(
+                f"cos.shape={tuple(cos.shape)} is not allowed: the patched model rotates "
+                f"n in {list(allowed)} pairs, expected Hugging Face tables [..., 2n]"
+            )
+        return apply_rope(x, c, s)
+
+    return apply_rotary_pos_emb
+
+
+def multidimensional_rope(n_pairs: int) -> Callable[..., torch.Tensor]:
+    """Gemma 4's ``apply_multidimensional_rope(x, cos, sin, position_ids, unsqueeze_dim=2)``.
+
+    ``x`` ``[b, N, h, d]``; ``cos``/``sin`` ``[b, N, 2n]`` (``2n = d``), as ``A`` lane blocks
+    of ``d / A`` lanes, ``A = position_ids.shape[-1]``, each block two equal halves (its
+    axis's ``cos``); block ``a`` of ``x`` is rotated half-split by block ``a`` of the
+    tables (ropekit's ``pairing="blocks"``), in one kernel call (blocks as a batch dim)."""
+
+    def apply_multidimensional_rope(
+        x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position_ids: torch.Tensor,
+        unsqueeze_dim: int = 2,
+    ) -> torch.Tensor:  # fmt: skip
+        _check_pairs(cos, n_pairs)
+        a = position_ids.shape[-1]
+        d = x.shape[-1]
+        if unsqueeze_dim != 2 or cos.ndim != 3 or d != 2 * n_pairs or d % (2 * a):
+            raise RopeValueError(
+                f"x.shape={tuple(x.shape)}, cos.shape={tuple(cos.shape)}, unsqueeze_dim="
+                f"{unsqueeze_dim} are not allowed with {a} axes: expected x [b, N, h, d], "
+                f"tables [b, N, d] (d = {2 * n_pairs}, a multiple of {2 * a}), unsqueeze_dim=2"
+            )
+        block = d // a
+        # [b, N, A, block] -> the first half of each block, [b, N, 1, A, block / 2]
+        c = cos.unflatten(-1, (a, block))[..., : block // 2].unsqueeze(2)
+        s = sin.unflatten(-1, (a, block))[..., : block // 2].unsqueeze(2)
+        return apply_rope(x.unflatten(-1, (a, block)), c, s).flatten(-2)
+
+    return apply_multidimensional_rope

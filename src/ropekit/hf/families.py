@@ -77,8 +77,10 @@ from .dropins import (
     DinoTables,
     LayerTables,
     VisionComplexTables,
+    multidimensional_rope,
     rotary_emb_complex,
     rotary_pos_emb,
+    rotary_pos_emb_one,
     rotary_pos_emb_prefix,
     rotary_pos_emb_vision,
     vision_rotary_emb_complex,
@@ -152,6 +154,10 @@ def _llama4_text_probe(module: nn.Module) -> list[_Args]:
     return [((torch.zeros(1), ids), {})]
 
 
+def _batched_grid_probe(module: nn.Module) -> list[_Args]:
+    return [((torch.zeros(1), ids.unsqueeze(0)), {}) for ((_, ids), _) in _grid_probe(module)]
+
+
 def _pixels_probe(module: nn.Module) -> list[_Args]:
     return [((torch.zeros(1),), {})]  # the table is fixed by the config
 
@@ -209,6 +215,25 @@ def _llama4_vision_rotation_probe(n: int) -> list[_Args]:
     return [((q, k), {"freqs_ci": _complex(n, (5, 1), gen)})]
 
 
+def _one_probe(pairs: int | tuple[int, ...]) -> list[_Args]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for n in (pairs,) if isinstance(pairs, int) else pairs:  # every layer type's count
+        x = torch.randn(1, 3, 2, 2 * n, generator=gen, dtype=torch.float64)  # [b, s, h, d]
+        out.append(((x, *_halves(n, (1, 3), gen)), {"unsqueeze_dim": 2}))
+    return out
+
+
+def _multidim_probe(n: int) -> list[_Args]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 5, 2, 2 * n, generator=gen, dtype=torch.float64)  # [b, N, h, d]
+    angle = torch.randn(1, 5, n, generator=gen, dtype=torch.float64)
+    blocks = angle.split(n // 2, -1)  # 2 axes: [h block, w block], each doubled
+    doubled = torch.cat([t for b in blocks for t in (b, b)], -1)
+    ids = torch.zeros(1, 5, 2, dtype=torch.long)
+    return [((x, doubled.cos(), doubled.sin(), ids), {})]
+
+
 # ---------------------------------------------------------------------------------------
 # Builders: the family's config -> the ropekit drop-in (RopeValueError if not expressible).
 
@@ -259,7 +284,21 @@ def _build_dinov3(module: nn.Module, modeling: Any) -> nn.Module:
 
 
 def _build_layers(module: nn.Module, modeling: Any) -> nn.Module:
-    cfg = module.config
+    return LayerTables(_layer_configs(module.config))
+
+
+def _build_gemma4_layers(module: nn.Module, modeling: Any) -> nn.Module:
+    return LayerTables(_layer_configs(module.config), mixed_pairs=True)
+
+
+def _build_gemma4_vision(module: nn.Module, modeling: Any) -> nn.Module:
+    head_dim, theta = _axial_params(module.config, "gemma4")
+    return AxesTables(preset("gemma4_vision", head_dim=head_dim, theta=theta), axes_first=False)
+
+
+def _layer_configs(cfg: Any) -> dict[str, Any]:
+    """``{layer_type: from_hf(cfg, layer_type=...)}``, refusing what the drop-in cannot
+    express (no RoPE for a type, interleaved pairs, a length-dependent table)."""
     configs = {}
     for layer_type in sorted(set(cfg.layer_types)):
         if cfg.rope_parameters.get(layer_type) is None:
@@ -280,7 +319,7 @@ def _build_layers(module: nn.Module, modeling: Any) -> nn.Module:
                 "yarn with fixed factor)"
             )
         configs[layer_type] = rope
-    return LayerTables(configs)
+    return configs
 
 
 def _build_llama4_text(module: nn.Module, modeling: Any) -> nn.Module:
@@ -331,6 +370,11 @@ _LLAMA4_VISION = Part("Llama4VisionRotaryEmbedding", _build_llama4_vision, _pixe
                       "vision_apply_rotary_emb", vision_rotary_emb_complex,
                       _llama4_vision_rotation_probe, 1e-5)  # fmt: skip
 
+_GEMMA4_TEXT = Part("Gemma4TextRotaryEmbedding", _build_gemma4_layers, _layer_probe,
+                    "apply_rotary_pos_emb", rotary_pos_emb_one, _one_probe)
+_GEMMA4_VISION = Part("Gemma4VisionRotaryEmbedding", _build_gemma4_vision, _batched_grid_probe,
+                      "apply_multidimensional_rope", multidimensional_rope, _multidim_probe)  # fmt: skip
+
 #: ``config.model_type`` -> :class:`Family`.
 FAMILIES: dict[str, Family] = {
     "qwen2_vl": _qwen("qwen2_vl", "Qwen2VLRotaryEmbedding", "Qwen2VLVisionRotaryEmbedding"),
@@ -349,4 +393,7 @@ FAMILIES: dict[str, Family] = {
     "llama4": Family("llama4", (_LLAMA4_TEXT, _LLAMA4_VISION)),
     "llama4_text": Family("llama4", (_LLAMA4_TEXT,)),
     "llama4_vision_model": Family("llama4", (_LLAMA4_VISION,)),
+    "gemma4": Family("gemma4", (_GEMMA4_TEXT, _GEMMA4_VISION)),
+    "gemma4_text": Family("gemma4", (_GEMMA4_TEXT,)),
+    "gemma4_vision": Family("gemma4", (_GEMMA4_VISION,)),
 }  # fmt: skip
