@@ -142,7 +142,7 @@ def test_every_family_type_is_tested() -> None:
     from tests.test_hf_patch_vlm import FAMILIES as VLM
     from tests.test_hf_patch_vlm import build as build_vlm
 
-    tested = {build_vlm(f).config.model_type for f in VLM} | set(FAMILIES)
+    tested = {build_vlm(f).config.model_type for f in VLM} | set(FAMILIES) | set(G4)
     assert tested == set(rt.FAMILY_MODEL_TYPES)
 
 
@@ -404,3 +404,174 @@ def test_dropins_reject_foreign_tables() -> None:
         attn(torch.zeros(1, 3, 64), position_embeddings=bad, attention_mask=None)
     with pytest.raises(RopeValueError, match="complex table"):
         attn(torch.zeros(1, 3, 64), position_embeddings=torch.ones(1, 3, 8), attention_mask=None)
+
+
+# =======================================================================================
+# Gemma 4: text decoder (per layer type: local head dim 16, global 32 with proportional
+# RoPE on a quarter of its lanes) and vision encoder (2-D RoPE as one rotate_half block per
+# axis, on a non-square 4 x 6 patch grid, pooled 2 x 2 into 6 soft tokens).
+
+from transformers.models.gemma4 import modeling_gemma4 as mg  # noqa: E402
+
+G4_TEXT = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+               head_dim=16, global_head_dim=32, intermediate_size=128, vocab_size=300,
+               vocab_size_per_layer_input=300, hidden_size_per_layer_input=8, sliding_window=4,
+               layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+               max_position_embeddings=128)  # fmt: skip
+G4_VISION = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+                 intermediate_size=128, num_hidden_layers=2, patch_size=4, pooling_kernel_size=2)  # fmt: skip
+G4 = ("gemma4_text", "gemma4_vision")
+G4_LAYERS = {"gemma4_text": 6, "gemma4_vision": 4}  # one call per tensor: q and k per layer
+# Measured max |patched - unpatched| / max |unpatched| (float32; the vision pooler scales
+# by sqrt(hidden) = 8, so its absolute differences are ~50x the text's).
+G4_MEASURED = {"gemma4_text": 1.2e-6, "gemma4_vision": 2.3e-7}
+
+
+def g4_build(fam: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    if fam == "gemma4_text":
+        return transformers.Gemma4ForCausalLM(transformers.Gemma4TextConfig(**G4_TEXT)).eval()
+    return transformers.Gemma4VisionModel(transformers.Gemma4VisionConfig(**G4_VISION)).eval()
+
+
+def g4_inputs(fam: str, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(1)
+    if fam == "gemma4_text":
+        return dict(input_ids=torch.randint(3, 250, (1, 12), generator=g))
+    ys, xs = torch.meshgrid(torch.arange(4), torch.arange(6), indexing="ij")  # 4 rows, 6 cols
+    pos = torch.stack([xs.flatten(), ys.flatten()], -1)[None]  # [1, 24, 2] (x, y)
+    return dict(pixel_values=torch.rand(1, 24, 48, generator=g, dtype=dtype), pixel_position_ids=pos)
+
+
+def g4_output(model: nn.Module, x: dict[str, Any]) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def test_gemma4_types_are_registered() -> None:
+    tested = {g4_build(f).config.model_type for f in G4}
+    assert tested == set(G4) and tested <= set(rt.FAMILY_MODEL_TYPES)
+
+
+@pytest.mark.parametrize("fam", G4)
+def test_gemma4_outputs_match_unpatched(fam: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = g4_build(fam), g4_inputs(fam)
+    want = g4_output(model, x)
+    patch(model)
+    calls: list[int] = []
+    real = dropins.apply_rope
+    monkeypatch.setattr(dropins, "apply_rope", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = g4_output(model, x)
+    assert len(calls) == G4_LAYERS[fam]
+    rel = float((got - want).abs().max() / want.abs().max())
+    assert rel <= ATOL, rel
+    assert rel <= 10 * G4_MEASURED[fam], rel
+    unpatch(model)
+    assert torch.equal(g4_output(model, x), want)
+
+
+def test_gemma4_text_tables_per_layer_type() -> None:
+    model = patch(g4_build("gemma4_text"))
+    tables = model.model.rotary_emb
+    assert isinstance(tables, dropins.LayerTables) and tables.n_pairs == (8, 16)
+    cos, sin = tables(torch.zeros(1), torch.arange(5)[None], "full_attention")
+    assert cos.shape == (1, 5, 32)
+    # proportional RoPE: 4 of the 16 pairs rotate (theta**(-2j/32)), the rest have angle 0
+    assert bool((cos[..., 4:16] == 1).all()) and bool((sin[..., 4:16] == 0).all())
+    assert float(sin[0, 1, 0]) == pytest.approx(math.sin(1.0), abs=1e-7)
+
+
+def test_gemma4_greedy_generation_identical() -> None:
+    model, x = g4_build("gemma4_text"), g4_inputs("gemma4_text")
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        want = model.generate(**x, **kw)
+        with patched(model):
+            got = model.generate(**x, **kw)
+    assert torch.equal(got, want)
+    assert got.shape[1] == x["input_ids"].shape[1] + 4
+
+
+class G4TextOracle(nn.Module):
+    """float64 per layer type: local theta**(-2j/16); global (proportional) the first
+    4 of 16 pairs at 1e6**(-2j/32), the other 12 at angle 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.freq = {"sliding_attention": [1e4 ** (-2 * j / 16) for j in range(8)],
+                     "full_attention": [1e6 ** (-2 * j / 32) if j < 4 else 0.0 for j in range(16)]}  # fmt: skip
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str) -> Any:
+        angle = position_ids.to(F64)[..., None] * torch.tensor(self.freq[layer_type], dtype=F64)
+        angle = torch.cat((angle, angle), -1)
+        return angle.cos(), angle.sin()
+
+
+class G4VisionOracle(nn.Module):
+    """float64: lanes [h block | w block] of 8 each, h block = [cos(y f), cos(y f)] with
+    f = 100**(-4k/16) (k < 4), likewise w with x; ids are (x, y)."""
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> Any:
+        f = torch.tensor([100.0 ** (-4 * k / 16) for k in range(4)], dtype=F64)
+        pos = position_ids.to(F64)
+        ax, ay = pos[..., 0:1] * f, pos[..., 1:2] * f
+        angle = torch.cat((ax, ax, ay, ay), -1)
+        return angle.cos(), angle.sin()
+
+
+@pytest.mark.parametrize("fam", G4)
+def test_gemma4_float64_patched_matches_float64_oracle(fam: str) -> None:
+    base = g4_build(fam).double()
+    x = g4_inputs(fam, F64)
+    oracle = copy.deepcopy(base)
+    for parent in list(oracle.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, mg.Gemma4TextRotaryEmbedding):
+                setattr(parent, name, G4TextOracle())
+            elif isinstance(child, mg.Gemma4VisionRotaryEmbedding):
+                setattr(parent, name, G4VisionOracle())
+    want = g4_output(oracle, x)
+    unpatched_err = float((g4_output(base, x) - want).abs().max())
+    got = g4_output(patch(copy.deepcopy(base)), x)
+    err = float((got - want).abs().max())
+    assert got.dtype == F64
+    assert err <= 1e-12, err
+    assert err < unpatched_err / 100, (err, unpatched_err)
+
+
+def test_gemma4_unpatch_restores_objects() -> None:
+    model = g4_build("gemma4_vision")
+    before = {name: m for name, m in model.named_modules()}
+    forwards = {name: m.__dict__.get("forward") for name, m in model.named_modules()}
+    patch(model)
+    assert isinstance(model.encoder.rotary_emb, dropins.AxesTables)
+    unpatch(model)
+    after = {name: m for name, m in model.named_modules()}
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert all(m.__dict__.get("forward") is forwards[k] for k, m in after.items())
+
+
+def test_gemma4_misread_vision_theta_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misread theta (1e4, the text's, instead of the vision's 100) is caught by the table
+    check, before anything changes."""
+    import ropekit.hf.families as fams
+
+    model = g4_build("gemma4_vision")
+    real = fams.preset
+    monkeypatch.setattr(fams, "preset", lambda name, **kw: real(name, **{**kw, "theta": 1e4}))
+    assert_untouched(model, lambda: patch(model), "tables differ")
+
+
+def test_gemma4_foreign_text_rotation_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = g4_build("gemma4_text")
+    monkeypatch.setattr(mg, "apply_rotary_pos_emb",
+                        lambda x, cos, sin, unsqueeze_dim=1: x * cos.unsqueeze(unsqueeze_dim))  # fmt: skip
+    assert_untouched(model, lambda: patch(model), "apply_rotary_pos_emb differs")
+
+
+def test_gemma4_length_dependent_layer_rope_refused() -> None:
+    model = g4_build("gemma4_text")
+    model.config.rope_parameters["full_attention"] = {"rope_type": "dynamic", "rope_theta": 1e6,
+                                                      "factor": 2.0}  # fmt: skip
+    assert_untouched(model, lambda: patch(model), "length-dependent")

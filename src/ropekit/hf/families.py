@@ -393,7 +393,6 @@ FAMILIES: dict[str, Family] = {
     "llama4": Family("llama4", (_LLAMA4_TEXT, _LLAMA4_VISION)),
     "llama4_text": Family("llama4", (_LLAMA4_TEXT,)),
     "llama4_vision_model": Family("llama4", (_LLAMA4_VISION,)),
-    "gemma4": Family("gemma4", (_GEMMA4_TEXT, _GEMMA4_VISION)),
     "gemma4_text": Family("gemma4", (_GEMMA4_TEXT,)),
     "gemma4_vision": Family("gemma4", (_GEMMA4_VISION,)),
 }  # fmt: skip
