@@ -44,6 +44,15 @@ llama4, ``*``  vision ``Llama4VisionRotaryEmbedding``   ``vision_apply_rotary_em
 
 ``*``: ``llama4_vision_model`` (``Llama4VisionModel`` on its own).
 
+=============  =======================================  ==============================
+gemma4_text    ``Gemma4TextRotaryEmbedding`` (per layer ``apply_rotary_pos_emb`` (one
+               type, different head dims) ->            tensor) -> ``rotary_pos_emb_one``
+               ``LayerTables(mixed_pairs=True)``
+gemma4_vision  ``Gemma4VisionRotaryEmbedding``          ``apply_multidimensional_rope``
+               (``[b, N, 2]`` ids) -> ``AxesTables``    -> ``multidimensional_rope``
+               (preset ``gemma4_vision``, blocks)
+=============  =======================================  ==============================
+
 Llama 4 keeps its own NoPE layers (``no_rope_layers``: those attention modules never call
 the rotation, patched or not), its chunked attention (a mask, not RoPE) and its query
 temperature (``attn_temperature_tuning``: ``1 + attn_scale ln(1 + floor((m + 1) /

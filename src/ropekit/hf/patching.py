@@ -77,13 +77,13 @@ Multi-axis, vision and per-layer-type families
 ---------------------------------------------
 For the model types of :data:`FAMILY_MODEL_TYPES` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL text
 and vision towers, Pixtral's vision encoder, DINOv3, Gemma 3 text, Llama 4 text and
-vision in their complex format) the same three steps
+vision in their complex format, Gemma 4 text and vision) the same three steps
 run from a family table (:mod:`ropekit.hf.families`): each rotary module class of the
 family is swapped for a drop-in of :mod:`ropekit.hf.dropins` returning the same format
 (built with :mod:`ropekit.axes` / :class:`RotaryTables`, float64 angles rounded once),
 each rotation global the attention calls (``apply_rotary_pos_emb``,
 ``apply_rotary_pos_emb_vision``; Llama 4's ``apply_rotary_emb``,
-``vision_apply_rotary_emb``) is rebound per attention instance to a ropekit drop-in of
+``vision_apply_rotary_emb``; Gemma 4's ``apply_multidimensional_rope``) is rebound per attention instance to a ropekit drop-in of
 the same signature. The checks, all before any change: the modeling module
 has the classes and functions, every part has rotary modules and attention calling
 its rotation, ropekit's tables equal a fresh float32 instance of the family's module
