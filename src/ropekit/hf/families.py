@@ -34,7 +34,30 @@ dinov3_vit     ``DINOv3ViTRopePositionEmbedding`` ->    ``apply_rotary_pos_emb``
                ``DinoTables`` (preset ``dinov3``)       tokens unrotated)
 gemma3_text,   ``Gemma3RotaryEmbedding`` (one RoPE per  ``apply_rotary_pos_emb``
 gemma3         layer type) -> ``LayerTables``
+llama4,        text ``Llama4TextRotaryEmbedding``       ``apply_rotary_emb`` ->
+llama4_text    (complex ``freqs_cis``) ->               ``rotary_emb_complex``
+               ``ComplexTables``
+llama4, ``*``  vision ``Llama4VisionRotaryEmbedding``   ``vision_apply_rotary_emb`` ->
+               (complex, fixed grid) ->                 ``vision_rotary_emb_complex``
+               ``VisionComplexTables``
 =============  =======================================  ==============================
+
+``*``: ``llama4_vision_model`` (``Llama4VisionModel`` on its own).
+
+=============  =======================================  ==============================
+gemma4_text    ``Gemma4TextRotaryEmbedding`` (per layer ``apply_rotary_pos_emb`` (one
+               type, different head dims) ->            tensor) -> ``rotary_pos_emb_one``
+               ``LayerTables(mixed_pairs=True)``
+gemma4_vision  ``Gemma4VisionRotaryEmbedding``          ``apply_multidimensional_rope``
+               (``[b, N, 2]`` ids) -> ``AxesTables``    -> ``multidimensional_rope``
+               (preset ``gemma4_vision``, blocks)
+=============  =======================================  ==============================
+
+Llama 4 keeps its own NoPE layers (``no_rope_layers``: those attention modules never call
+the rotation, patched or not), its chunked attention (a mask, not RoPE) and its query
+temperature (``attn_temperature_tuning``: ``1 + attn_scale ln(1 + floor((m + 1) /
+floor_scale))`` on the NoPE layers' queries, computed by the attention code the patch
+keeps).
 
 Position ids stay the family's own: the drop-ins read the ids (or, for DINOv3, the pixel
 grid) the family's code passes them. Qwen-VL's ids come from transformers'
@@ -59,11 +82,17 @@ from .axes import axes_from_hf
 from .config import from_hf
 from .dropins import (
     AxesTables,
+    ComplexTables,
     DinoTables,
     LayerTables,
+    VisionComplexTables,
+    multidimensional_rope,
+    rotary_emb_complex,
     rotary_pos_emb,
+    rotary_pos_emb_one,
     rotary_pos_emb_prefix,
     rotary_pos_emb_vision,
+    vision_rotary_emb_complex,
 )
 
 __all__ = ["FAMILIES", "Family", "Part", "UnsupportedModelError"]
@@ -129,6 +158,19 @@ def _layer_probe(module: nn.Module) -> list[_Args]:
     return [((torch.zeros(1), ids, t), {}) for t in sorted(set(module.config.layer_types))]
 
 
+def _llama4_text_probe(module: nn.Module) -> list[_Args]:
+    ids = torch.stack([torch.arange(9) * 3, 20 - torch.arange(9)])  # [2, 9]: rows differ
+    return [((torch.zeros(1), ids), {})]
+
+
+def _batched_grid_probe(module: nn.Module) -> list[_Args]:
+    return [((torch.zeros(1), ids.unsqueeze(0)), {}) for ((_, ids), _) in _grid_probe(module)]
+
+
+def _pixels_probe(module: nn.Module) -> list[_Args]:
+    return [((torch.zeros(1),), {})]  # the table is fixed by the config
+
+
 def _halves(n: int, rows: tuple[int, ...], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     angle = torch.randn(*rows, n, generator=gen, dtype=torch.float64)
     c, s = torch.cos(angle), torch.sin(angle)
@@ -161,6 +203,44 @@ def _prefix_rotation_probe(n: int) -> list[_Args]:
     q = torch.randn(1, 2, 6, 2 * n, generator=gen, dtype=torch.float64)
     k = torch.randn(1, 2, 6, 2 * n, generator=gen, dtype=torch.float64)
     return [((q, k, *_halves(n, (4,), gen)), {})]  # 2 prefix tokens
+
+
+def _complex(n: int, rows: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    angle = torch.randn(*rows, n, generator=gen, dtype=torch.float64)
+    return torch.polar(torch.ones_like(angle), angle)
+
+
+def _llama4_rotation_probe(n: int) -> list[_Args]:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 2, 2 * n, generator=gen, dtype=torch.float64)  # [b, s, h, d]
+    k = torch.randn(2, 3, 1, 2 * n, generator=gen, dtype=torch.float64)
+    return [((q, k, _complex(n, (2, 3), gen)), {})]
+
+
+def _llama4_vision_rotation_probe(n: int) -> list[_Args]:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 5, 2, 2 * n, generator=gen, dtype=torch.float64)  # [b, T, h, d]
+    k = torch.randn(2, 5, 2, 2 * n, generator=gen, dtype=torch.float64)
+    return [((q, k), {"freqs_ci": _complex(n, (5, 1), gen)})]
+
+
+def _one_probe(pairs: int | tuple[int, ...]) -> list[_Args]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for n in (pairs,) if isinstance(pairs, int) else pairs:  # every layer type's count
+        x = torch.randn(1, 3, 2, 2 * n, generator=gen, dtype=torch.float64)  # [b, s, h, d]
+        out.append(((x, *_halves(n, (1, 3), gen)), {"unsqueeze_dim": 2}))
+    return out
+
+
+def _multidim_probe(n: int) -> list[_Args]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 5, 2, 2 * n, generator=gen, dtype=torch.float64)  # [b, N, h, d]
+    angle = torch.randn(1, 5, n, generator=gen, dtype=torch.float64)
+    blocks = angle.split(n // 2, -1)  # 2 axes: [h block, w block], each doubled
+    doubled = torch.cat([t for b in blocks for t in (b, b)], -1)
+    ids = torch.zeros(1, 5, 2, dtype=torch.long)
+    return [((x, doubled.cos(), doubled.sin(), ids), {})]
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,7 +293,21 @@ def _build_dinov3(module: nn.Module, modeling: Any) -> nn.Module:
 
 
 def _build_layers(module: nn.Module, modeling: Any) -> nn.Module:
-    cfg = module.config
+    return LayerTables(_layer_configs(module.config))
+
+
+def _build_gemma4_layers(module: nn.Module, modeling: Any) -> nn.Module:
+    return LayerTables(_layer_configs(module.config), mixed_pairs=True)
+
+
+def _build_gemma4_vision(module: nn.Module, modeling: Any) -> nn.Module:
+    head_dim, theta = _axial_params(module.config, "gemma4")
+    return AxesTables(preset("gemma4_vision", head_dim=head_dim, theta=theta), axes_first=False)
+
+
+def _layer_configs(cfg: Any) -> dict[str, Any]:
+    """``{layer_type: from_hf(cfg, layer_type=...)}``, refusing what the drop-in cannot
+    express (no RoPE for a type, interleaved pairs, a length-dependent table)."""
     configs = {}
     for layer_type in sorted(set(cfg.layer_types)):
         if cfg.rope_parameters.get(layer_type) is None:
@@ -234,7 +328,34 @@ def _build_layers(module: nn.Module, modeling: Any) -> nn.Module:
                 "yarn with fixed factor)"
             )
         configs[layer_type] = rope
-    return LayerTables(configs)
+    return configs
+
+
+def _build_llama4_text(module: nn.Module, modeling: Any) -> nn.Module:
+    rope = from_hf(module.config)
+    if not rope.interleaved:
+        raise RopeValueError(
+            "ropekit.hf.from_hf gave interleaved=False for Llama 4: expected interleaved "
+            "pairs, as its complex apply_rotary_emb uses"
+        )
+    return ComplexTables(rope)
+
+
+def _build_llama4_vision(module: nn.Module, modeling: Any) -> nn.Module:
+    cfg = module.config
+    params = getattr(cfg, "rope_parameters", None) or {}
+    if params.get("rope_type", "default") != "default":
+        raise RopeValueError(
+            f"llama4 vision rope_type={params.get('rope_type')!r} is not allowed: expected "
+            "'default' (the model's table ignores any scaling)"
+        )
+    heads = int(cfg.num_attention_heads)
+    if cfg.hidden_size % heads:
+        raise RopeValueError(
+            f"hidden_size={cfg.hidden_size} is not allowed with {heads} heads: expected a multiple"
+        )
+    axes = preset("llama4_vision", head_dim=cfg.hidden_size // heads, theta=float(params["rope_theta"]))
+    return VisionComplexTables(axes, int(cfg.image_size) // int(cfg.patch_size))
 
 
 _TEXT_APPLY = dict(apply="apply_rotary_pos_emb", dropin=rotary_pos_emb, rotation_probes=_bhsd_probe)
@@ -251,6 +372,18 @@ def _qwen(name: str, text: str, vision: str) -> Family:
 
 _GEMMA3 = Family("gemma3", (Part("Gemma3RotaryEmbedding", _build_layers, _layer_probe, **_TEXT_APPLY),))
 
+# transformers computes Llama 4's rotations in float32 whatever the input dtype: 1e-5.
+_LLAMA4_TEXT = Part("Llama4TextRotaryEmbedding", _build_llama4_text, _llama4_text_probe,
+                    "apply_rotary_emb", rotary_emb_complex, _llama4_rotation_probe, 1e-5)
+_LLAMA4_VISION = Part("Llama4VisionRotaryEmbedding", _build_llama4_vision, _pixels_probe,
+                      "vision_apply_rotary_emb", vision_rotary_emb_complex,
+                      _llama4_vision_rotation_probe, 1e-5)  # fmt: skip
+
+_GEMMA4_TEXT = Part("Gemma4TextRotaryEmbedding", _build_gemma4_layers, _layer_probe,
+                    "apply_rotary_pos_emb", rotary_pos_emb_one, _one_probe)
+_GEMMA4_VISION = Part("Gemma4VisionRotaryEmbedding", _build_gemma4_vision, _batched_grid_probe,
+                      "apply_multidimensional_rope", multidimensional_rope, _multidim_probe)  # fmt: skip
+
 #: ``config.model_type`` -> :class:`Family`.
 FAMILIES: dict[str, Family] = {
     "qwen2_vl": _qwen("qwen2_vl", "Qwen2VLRotaryEmbedding", "Qwen2VLVisionRotaryEmbedding"),
@@ -266,4 +399,9 @@ FAMILIES: dict[str, Family] = {
     )),
     "gemma3_text": _GEMMA3,
     "gemma3": _GEMMA3,
+    "llama4": Family("llama4", (_LLAMA4_TEXT, _LLAMA4_VISION)),
+    "llama4_text": Family("llama4", (_LLAMA4_TEXT,)),
+    "llama4_vision_model": Family("llama4", (_LLAMA4_VISION,)),
+    "gemma4_text": Family("gemma4", (_GEMMA4_TEXT,)),
+    "gemma4_vision": Family("gemma4", (_GEMMA4_VISION,)),
 }  # fmt: skip

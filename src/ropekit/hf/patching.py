@@ -76,13 +76,15 @@ globals bind ``apply_rotary_pos_emb`` to ropekit, whatever wrapper the hooks ins
 Multi-axis, vision and per-layer-type families
 ---------------------------------------------
 For the model types of :data:`FAMILY_MODEL_TYPES` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL text
-and vision towers, Pixtral's vision encoder, DINOv3, Gemma 3 text) the same three steps
+and vision towers, Pixtral's vision encoder, DINOv3, Gemma 3 text, Llama 4 text and
+vision in their complex format, Gemma 4 text and vision) the same three steps
 run from a family table (:mod:`ropekit.hf.families`): each rotary module class of the
 family is swapped for a drop-in of :mod:`ropekit.hf.dropins` returning the same format
 (built with :mod:`ropekit.axes` / :class:`RotaryTables`, float64 angles rounded once),
 each rotation global the attention calls (``apply_rotary_pos_emb``,
-``apply_rotary_pos_emb_vision``) is rebound per attention instance to a ropekit
-drop-in of the same signature. The checks, all before any change: the modeling module
+``apply_rotary_pos_emb_vision``; Llama 4's ``apply_rotary_emb``,
+``vision_apply_rotary_emb``; Gemma 4's ``apply_multidimensional_rope``) is rebound per attention instance to a ropekit drop-in of
+the same signature. The checks, all before any change: the modeling module
 has the classes and functions, every part has rotary modules and attention calling
 its rotation, ropekit's tables equal a fresh float32 instance of the family's module
 at small probe positions (distinct per axis, ``<= 1e-5``), and the family's rotation
@@ -519,7 +521,7 @@ def _check_tables(part: Part, original: nn.Module, ours: nn.Module, where: str) 
             with torch.no_grad():
                 want = peer(*args, **kwargs)
                 got = ours(*args, **kwargs)
-            for name, w, g in zip(("cos", "sin"), want, got, strict=True):
+            for name, w, g in zip(("cos", "sin"), _parts(want), _parts(got), strict=True):
                 if w.shape != g.shape:
                     raise UnsupportedModelError(
                         f"{where}.{part.rotary} returns {name} of shape {tuple(w.shape)}, "
@@ -536,11 +538,26 @@ def _check_tables(part: Part, original: nn.Module, ours: nn.Module, where: str) 
         ours.train(was_training)
 
 
+def _parts(tables: Any) -> tuple[Any, ...]:
+    """``(cos, sin)`` of a rotary module's output: the pair itself, or the real and
+    imaginary parts of a complex table (Llama 4)."""
+    if isinstance(tables, torch.Tensor):
+        if not tables.is_complex():
+            raise UnsupportedModelError(
+                f"a rotary module returned a real {tables.dtype} tensor: expected (cos, sin) "
+                "or a complex table"
+            )
+        return tables.real, tables.imag
+    return tuple(tables)
+
+
 def _check_family_rotation(part: Part, original: Callable[..., Any], n: int, where: str) -> None:
     """The family's rotation global must compute what ropekit's drop-in computes."""
     ours = part.dropin(n)
     for args, kwargs in part.rotation_probes(n):
         want, got = original(*args, **kwargs), ours(*args, **kwargs)
+        if isinstance(want, torch.Tensor):  # one tensor per call (Gemma 4)
+            want, got = (want,), (got,)
         for w, g in zip(want, got, strict=True):
             err = float((w.to(torch.float64) - g.to(torch.float64)).abs().max())
             if not err <= part.rotation_atol:
