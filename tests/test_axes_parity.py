@@ -586,3 +586,37 @@ def test_ltx_video_tables_and_rotation_match_diffusers() -> None:
     want = apply_rotary_emb(x, (pc, ps))
     got = ropekit.axes.apply_axes_rope(ours, x, *cos_sin(ours, coords))
     torch.testing.assert_close(got, want, rtol=0, atol=8 * tol)
+
+
+def test_presets_are_the_peers_defaults() -> None:
+    """The presets' defaults are the pinned peers' own: transformers' config classes (read
+    through axes_from_hf) and diffusers' constructor defaults (axis dims and theta)."""
+    import inspect as _inspect
+
+    import transformers
+    from diffusers import FluxTransformer2DModel, HunyuanVideoTransformer3DModel
+
+    from ropekit.hf import axes_from_hf
+
+    for name, cls in (
+        ("qwen2_vl", transformers.Qwen2VLConfig),
+        ("qwen2_5_vl", transformers.Qwen2_5_VLConfig),
+        ("qwen3_vl", transformers.Qwen3VLConfig),
+    ):
+        assert axes_from_hf(cls()) == preset(name), name
+
+    def defaults(cls: type) -> dict:
+        return {k: p.default for k, p in _inspect.signature(cls.__init__).parameters.items()}
+
+    for name, cls, dims_key, theta in (
+        ("flux", FluxTransformer2DModel, "axes_dims_rope", 10000.0),
+        ("hunyuan_video", HunyuanVideoTransformer3DModel, "rope_axes_dim", None),
+    ):
+        got = preset(name)
+        want = defaults(cls)
+        dims = tuple(want[dims_key])
+        theta = theta if theta is not None else float(want["rope_theta"])
+        assert tuple(2 * len(got.bands(a)) for a in range(got.n_axes)) == dims, name
+        for a, dim in enumerate(dims):  # band k of axis a: theta ** (-2k / dim)
+            bands = got.bands(a)
+            assert got.freq[bands[1]] == pytest.approx(theta ** (-2 / dim), rel=1e-15), name

@@ -3,9 +3,11 @@
 Notation: ``d`` head dim (LTX: the whole hidden size, which it rotates before splitting
 heads), ``n = d / 2`` bands, ``theta`` the base, ``k`` a band's index within its axis.
 Each preset is one constructor call (or two lines of band lists); the formulas, with
-which band follows which axis, are in ``docs/axes.md``. Defaults are the released
-models' (transformers 5.24 / diffusers 0.42.1 defaults, checked in
-``tests/test_axes_parity.py``); every argument can be overridden.
+which band follows which axis, are in ``docs/axes.md``. Defaults are the pinned
+peers' own (transformers 5.24 config classes, diffusers 0.42.1 constructor defaults: for
+Qwen2/2.5/3-VL, Flux and HunyuanVideo checked in ``tests/test_axes_parity.py``), not
+necessarily a released checkpoint's values (read those with
+:func:`ropekit.hf.axes_from_hf`); every argument can be overridden.
 
 The position builders that go with each preset are in :mod:`ropekit.axes.positions`.
 """
