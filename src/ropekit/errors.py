@@ -114,3 +114,18 @@ def check_tensor(name: str, value: Any) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise RopeValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     return value
+
+
+def in_version_window(version: str, low: str, high: str) -> bool:
+    """Whether ``low <= version < high`` (PEP 440); False for an unparsable version.
+
+    For the integrations, which patch peers' code and accept only the releases they were
+    tested on. ``packaging`` is imported here, not at import time: it comes with the
+    peers (transformers, diffusers), not with ropekit.
+    """
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(low) <= Version(version) < Version(high)
+    except InvalidVersion:
+        return False

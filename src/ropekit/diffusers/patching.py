@@ -67,7 +67,7 @@ from ..apply.api import apply_rope
 from ..axes.config import AxesConfig
 from ..axes.positions import flux2_ids, flux_ids
 from ..axes.presets import preset
-from ..errors import RopeValueError
+from ..errors import RopeValueError, in_version_window
 from .tables import FluxIdsTables, LTXVideoTables, VideoGridTables, interleave_pairs
 
 __all__ = [
@@ -290,13 +290,7 @@ def check_diffusers_version(version: str | None = None) -> str:
                 f"diffusers is not installed: expected diffusers>={low},<{high}"
             ) from e
         version = str(diffusers.__version__)
-    from packaging.version import InvalidVersion, Version  # a dependency of diffusers
-
-    try:
-        ok = Version(low) <= Version(version) < Version(high)
-    except InvalidVersion:
-        ok = False
-    if not ok:
+    if not in_version_window(version, low, high):
         raise UnsupportedTransformerError(
             f"diffusers=={version} is not supported: expected >={low},<{high} (ropekit's "
             "diffusers patch is tested on 0.42.1)"

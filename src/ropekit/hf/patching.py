@@ -114,7 +114,7 @@ from torch import nn
 
 from ..apply.api import apply_rope_qk, hf_halves
 from ..config import RopeConfig
-from ..errors import RopeValueError
+from ..errors import RopeValueError, in_version_window
 from .config import from_hf
 from .families import FAMILIES, Family, Part, UnsupportedModelError
 from .tables import RotaryTables
@@ -284,13 +284,7 @@ def check_transformers_version(version: str | None = None) -> str:
     low, high = TRANSFORMERS_VERSIONS
     if version is None:
         version = _installed_transformers_version()
-    from packaging.version import InvalidVersion, Version  # a dependency of transformers
-
-    try:
-        ok = Version(low) <= Version(version) < Version(high)
-    except InvalidVersion:
-        ok = False
-    if not ok:
+    if not in_version_window(version, low, high):
         raise UnsupportedModelError(
             f"transformers=={version} is not supported: expected >={low},<{high} "
             "(ropekit's Hugging Face patch is tested on 5.24.0)"

@@ -372,8 +372,8 @@ def _cpu_tables(
     s = positions.shape[-1]
     shape = (2, *positions.shape, n)
     if s >= _MIN_GRID_ROW:
-        rows = pos.reshape(-1, s)
-        starts = _arange_starts(rows)
+        grid_rows = pos.reshape(-1, s)
+        starts = _arange_starts(grid_rows)
         if starts is not None:
             out = torch.empty(2, len(starts), s, n, dtype=dtype)
             done: dict[int, int] = {}
@@ -496,8 +496,8 @@ def position_tables(
     rows: DecodeRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`cos_sin` for callers that hold checked frequencies: float64 ``freqs``
-    ``[n]`` and ``table`` (:func:`fine_table` of them, or None; ``lo_rows``
-    :func:`fine_rows` of it) on ``positions``' device, a floating ``dtype``. The
+    ``[n]`` and ``table`` (:func:`fine_table` of them, or None; ``rows``
+    :func:`decode_rows` of both) on ``positions``' device, a floating ``dtype``. The
     positions are checked here (dtype, and values where they can be read). For modules,
     which validate their frequencies once at construction."""
     _check_positions_dtype(positions)
