@@ -74,3 +74,22 @@ def tol_at(dtype: torch.dtype, positions: torch.Tensor, x: torch.Tensor) -> dict
         m = float(positions.abs().max())
         tol["atol"] += 4 * m * 2.0**-53 * float(x.abs().max())
     return tol
+
+
+def assert_untouched(model: Any, call: Any, match: str) -> None:
+    """``call()`` raises ``UnsupportedModelError`` matching ``match`` and leaves ``model``
+    as it was: the same module objects under the same names, the same ``forward``
+    attributes, not marked patched (the Hugging Face patch's refusals)."""
+    import pytest
+
+    from ropekit.hf import UnsupportedModelError, is_patched
+
+    before = [(n, m, m.__dict__.get("forward")) for n, m in model.named_modules()]
+    with pytest.raises(UnsupportedModelError, match=match):
+        call()
+    after = [(n, m, m.__dict__.get("forward")) for n, m in model.named_modules()]
+    assert len(before) == len(after)
+    assert all(
+        a[0] == b[0] and a[1] is b[1] and a[2] is b[2] for a, b in zip(before, after, strict=True)
+    )
+    assert not is_patched(model)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,7 +41,8 @@ from torch import nn
 import ropekit.hf.dropins as dropins
 import ropekit.hf.patching as rt
 from ropekit import RopeValueError
-from ropekit.hf import UnsupportedModelError, is_patched, patch, patched, unpatch
+from ropekit.hf import is_patched, patch, patched, unpatch
+from tests.conftest import assert_untouched
 
 transformers.logging.set_verbosity_error()
 
@@ -434,16 +434,6 @@ def test_patch_twice_refused(fam: str) -> None:
     unpatch(model)
     with pytest.raises(RopeValueError, match="not patched"):
         unpatch(model)
-
-
-def assert_untouched(model: nn.Module, call: Callable[[], Any], match: str) -> None:
-    before = [(n, m, m.__dict__.get("forward")) for n, m in model.named_modules()]
-    with pytest.raises(UnsupportedModelError, match=match):
-        call()
-    after = [(n, m, m.__dict__.get("forward")) for n, m in model.named_modules()]
-    assert len(before) == len(after)
-    assert all(a[0] == b[0] and a[1] is b[1] and a[2] is b[2] for a, b in zip(before, after, strict=True))
-    assert not is_patched(model)
 
 
 def test_unsupported_family_types_refused() -> None:
