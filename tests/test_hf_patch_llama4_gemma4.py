@@ -144,7 +144,8 @@ def test_every_family_type_is_tested() -> None:
     from tests.test_hf_patch_vlm import FAMILIES as VLM
     from tests.test_hf_patch_vlm import build as build_vlm
 
-    tested = {build_vlm(f).config.model_type for f in VLM} | set(FAMILIES) | set(G4)
+    composite = {"gemma4"}  # test_gemma4_composite_patches_both_towers
+    tested = {build_vlm(f).config.model_type for f in VLM} | set(FAMILIES) | set(G4) | composite
     assert tested == set(rt.FAMILY_MODEL_TYPES)
 
 
@@ -567,3 +568,34 @@ def test_gemma4_length_dependent_layer_rope_refused() -> None:
     model.config.rope_parameters["full_attention"] = {"rope_type": "dynamic", "rope_theta": 1e6,
                                                       "factor": 2.0}  # fmt: skip
     assert_untouched(model, lambda: patch(model), "length-dependent")
+
+
+def test_gemma4_composite_patches_both_towers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gemma4`` (text + vision, no audio): both rotary modules swapped, every rotation
+    ropekit's, outputs as unpatched within the float32 bounds measured per tower."""
+    torch.manual_seed(0)
+    config = transformers.Gemma4Config(text_config=G4_TEXT, vision_config=G4_VISION, audio_config=None)
+    model = transformers.Gemma4ForConditionalGeneration(config).eval()
+    assert model.config.model_type in rt.FAMILY_MODEL_TYPES
+    ids = g4_inputs("gemma4_text")["input_ids"]
+    pixels = g4_inputs("gemma4_vision")
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return model(input_ids=ids).logits, model.model.vision_tower(**pixels).last_hidden_state
+
+    want_text, want_vision = run()
+    patch(model)
+    swapped = [type(m).__name__ for m in model.modules() if type(m).__module__ == dropins.__name__]
+    assert len(swapped) == 2, swapped  # the text tables per layer type, the vision grid tables
+    calls: list[int] = []
+    real = dropins.apply_rope
+    monkeypatch.setattr(dropins, "apply_rope", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got_text, got_vision = run()
+    assert len(calls) == G4_LAYERS["gemma4_text"] + G4_LAYERS["gemma4_vision"]
+    for got, want, fam in ((got_text, want_text, "gemma4_text"), (got_vision, want_vision, "gemma4_vision")):
+        rel = float((got - want).abs().max() / want.abs().max())
+        assert rel <= 10 * G4_MEASURED[fam], (fam, rel)
+    unpatch(model)
+    again = run()
+    assert torch.equal(again[0], want_text) and torch.equal(again[1], want_vision)

@@ -51,6 +51,8 @@ gemma4_text    ``Gemma4TextRotaryEmbedding`` (per layer ``apply_rotary_pos_emb``
 gemma4_vision  ``Gemma4VisionRotaryEmbedding``          ``apply_multidimensional_rope``
                (``[b, N, 2]`` ids) -> ``AxesTables``    -> ``multidimensional_rope``
                (preset ``gemma4_vision``, blocks)
+gemma4         both of the above (``Gemma4ForConditionalGeneration``; the audio tower
+               has no RoPE)
 =============  =======================================  ==============================
 
 Llama 4 keeps its own NoPE layers (``no_rope_layers``: those attention modules never call
@@ -402,6 +404,7 @@ FAMILIES: dict[str, Family] = {
     "llama4": Family("llama4", (_LLAMA4_TEXT, _LLAMA4_VISION)),
     "llama4_text": Family("llama4", (_LLAMA4_TEXT,)),
     "llama4_vision_model": Family("llama4", (_LLAMA4_VISION,)),
+    "gemma4": Family("gemma4", (_GEMMA4_TEXT, _GEMMA4_VISION)),
     "gemma4_text": Family("gemma4", (_GEMMA4_TEXT,)),
     "gemma4_vision": Family("gemma4", (_GEMMA4_VISION,)),
 }  # fmt: skip
