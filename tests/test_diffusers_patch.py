@@ -138,9 +138,10 @@ def run(model, kw: dict) -> torch.Tensor:
 NAMES = ["flux", "flux2", "wan", "hunyuan_video", "cogvideox", "ltx_video"]
 ROTARY_ATTR = {"flux": "pos_embed", "flux2": "pos_embed", "wan": "rope", "hunyuan_video": "rope",
                "cogvideox": None, "ltx_video": "rope"}  # fmt: skip
-# measured max |patched - unpatched| (float32, bfloat16) in the comment of each test run;
-# the bounds leave ~10x margin
-TOL = {torch.float32: 2e-5, torch.bfloat16: 0.15}
+# max |patched - unpatched| is printed by each run; the bounds are ~3x the largest measured:
+# 7.1e-6 (LTX, float32) and 7.8e-3 (Wan, bfloat16: one bf16 step of its outputs, from the
+# table buffers diffusers rounds to bf16 under .to(bfloat16))
+TOL = {torch.float32: 2e-5, torch.bfloat16: 0.03}
 
 
 def processors(model) -> list:

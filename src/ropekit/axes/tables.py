@@ -27,8 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import RopeValueError, check_float, check_float_dtype, check_tensor
-from ..tables.cos_sin import check_positions, fine_table
-from ..tables.cos_sin import cos_sin as cos_sin_1d
+from ..tables.cos_sin import check_positions, fine_table, position_tables
 from .config import AxesConfig
 
 __all__ = ["AxisBands", "axis_bands", "cos_sin", "mixed_cos_sin"]
@@ -130,15 +129,17 @@ def cos_sin(
     # [2, *P, n]: cos and sin are two contiguous halves of one buffer, as in 1-D
     out = torch.empty(2, *positions.shape[:-1], cfg.n_pairs, dtype=dtype, device=positions.device)
     factor = cfg.attention_factor
+    cos, sin = out[0], out[1]
     for a, where, inv, fine in bands.parts:
-        c, s = cos_sin_1d(inv, positions[..., a], attention_factor=factor, dtype=dtype,
-                          fine_table=fine)  # fmt: skip
-        both = torch.stack((c, s))  # [2, *P, n_a]
-        if isinstance(where, slice):
-            out[..., where] = both
-        else:
-            out.index_copy_(out.ndim - 1, where, both)
-    return out[0], out[1]
+        # the 1-D tables of this axis's coordinate; the frequencies and fine table are
+        # AxisBands' own (checked once when it was built), the positions checked above
+        c, s = position_tables(inv, positions[..., a], factor, fine, dtype)
+        for half, part in ((cos, c), (sin, s)):
+            if isinstance(where, slice):
+                half[..., where] = part
+            else:
+                half.index_copy_(half.ndim - 1, where, part)
+    return cos, sin
 
 
 def mixed_cos_sin(

@@ -75,7 +75,7 @@ from ..errors import RopeValueError
 from ..modules.rotary import KeptFrequencies
 from ..tables.cos_sin import cos_sin as cos_sin_1d
 from ..tables.cos_sin import position_tables
-from .tables import RotaryTables
+from .tables import RotaryTables, doubled
 
 __all__ = [
     "AxesTables",
@@ -93,11 +93,6 @@ __all__ = [
 ]
 
 _Pair = tuple[torch.Tensor, torch.Tensor]
-
-
-def _doubled(cos: torch.Tensor, sin: torch.Tensor) -> _Pair:
-    """``[..., n]`` -> Hugging Face's ``[..., 2n]`` (both halves equal)."""
-    return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
 class AxesTables(nn.Module):
@@ -166,7 +161,7 @@ class AxesTables(nn.Module):
             sizes = list(self.config.block_pairs)
             return (torch.cat([t for c in cos.split(sizes, -1) for t in (c, c)], dim=-1),
                     torch.cat([t for c in sin.split(sizes, -1) for t in (c, c)], dim=-1))  # fmt: skip
-        return _doubled(cos, sin)
+        return doubled(cos, sin)
 
 
 class DinoTables(nn.Module):
@@ -226,7 +221,7 @@ class DinoTables(nn.Module):
         else:
             coords = patch_centers(h, w).to(device)
         self._bands = self._bands.to(device)
-        return _doubled(*cos_sin(self._bands, coords, dtype=compute_dtype(pixel_values.dtype)))
+        return doubled(*cos_sin(self._bands, coords, dtype=compute_dtype(pixel_values.dtype)))
 
 
 class LayerTables(nn.Module):

@@ -117,7 +117,7 @@ from ..config import RopeConfig
 from ..errors import RopeValueError, in_version_window
 from .config import from_hf
 from .families import FAMILIES, Family, Part, UnsupportedModelError
-from .tables import RotaryTables
+from .tables import RotaryTables, doubled
 
 __all__ = [
     "FAMILY_MODEL_TYPES",
@@ -386,8 +386,8 @@ def _check_rotation(original: Callable[..., Any], n: int, where: str) -> None:
     k = torch.randn(1, 1, 3, 2 * n, generator=gen, dtype=torch.float64)
     angle = torch.randn(1, 3, n, generator=gen, dtype=torch.float64)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    want = original(q, k, torch.cat((cos, cos), -1), torch.cat((sin, sin), -1))
-    got = _ropekit_apply(n)(q, k, torch.cat((cos, cos), -1), torch.cat((sin, sin), -1))
+    want = original(q, k, *doubled(cos, sin))
+    got = _ropekit_apply(n)(q, k, *doubled(cos, sin))
     if not all(torch.allclose(w, g, rtol=0, atol=1e-12) for w, g in zip(want, got, strict=True)):
         raise UnsupportedModelError(
             f"{where}.{_APPLY_NAME} does not compute q*cos + rotate_half(q)*sin, the "

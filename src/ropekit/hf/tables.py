@@ -18,7 +18,12 @@ from ..errors import RopeValueError
 from ..modules.rotary import KeptFrequencies
 from ..tables.cos_sin import cos_sin, position_tables
 
-__all__ = ["RotaryTables"]
+__all__ = ["RotaryTables", "doubled"]
+
+
+def doubled(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[..., n]`` -> Hugging Face's ``[..., 2n]`` (both halves equal)."""
+    return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
 class RotaryTables(KeptFrequencies):
@@ -73,7 +78,7 @@ class RotaryTables(KeptFrequencies):
             cos, sin = cos_sin(
                 inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype)
             )
-            return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+            return doubled(cos, sin)
         inv_freq, fine = self._on(position_ids.device)  # [2n]: both halves at once
         rows = self._rows if fine is self._fine else None
         return position_tables(

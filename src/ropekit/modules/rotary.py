@@ -140,9 +140,10 @@ class KeptFrequencies(nn.Module):
         super()._apply(fn, recurse)
         if self._frequencies is not None:
             probe = fn(torch.empty(0, dtype=torch.float64, device=self._inv_freq.device))
-            self._inv_freq = self._frequencies[0].to(probe.device)
-            self._fine = self._fine_master.to(probe.device)
-            self._rows = self._decode_rows()
+            if probe.device != self._inv_freq.device:  # (.half(), .float(): nothing to do)
+                self._inv_freq = self._frequencies[0].to(probe.device)
+                self._fine = self._fine_master.to(probe.device)
+                self._rows = self._decode_rows()
         return self
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,8 +277,7 @@ class RotaryEmbedding(KeptFrequencies):
         # Tables in float32 for half/float32 inputs (float64 for float64 inputs): the
         # rotation itself runs in that dtype, so rounding them to bf16 first would only
         # add error.
-        dtype = q.dtype if k is None or k.dtype == q.dtype else torch.promote_types(q.dtype, k.dtype)
-        dtype = compute_dtype(dtype)
+        dtype = compute_dtype(q.dtype if k is None else torch.promote_types(q.dtype, k.dtype))
         if seq_len is not None:
             check_int("seq_len", seq_len, minimum=1)
         if where.implicit and self._frequencies is not None:

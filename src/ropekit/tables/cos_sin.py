@@ -424,8 +424,8 @@ def decode_rows(freqs: torch.Tensor, table: torch.Tensor, positions: int) -> Dec
     (``2 * B * n * ceil(positions / B)`` float64: 1 MiB for 65536 positions at n = 64).
 
     For modules that build tables of one position per decoded token: every torch op
-    costs ~1 us at that size, and these save four of its ten (two views, two trig
-    calls). The values are those the grid computes (the same float64 products and
+    costs ~1 us at that size, and these save five (a slice and an unbind of the fine
+    table, the ``hi`` angle's product, cos and sin). The values are those the grid computes (the same float64 products and
     trig), so a decode step stays a row of a prefill bit for bit.
     """
     blocks = -(-positions // BLOCK)
