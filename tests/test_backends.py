@@ -7,7 +7,6 @@ promise. Nothing here computes an expected value with the code under test.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -156,8 +155,8 @@ def test_cpu_kernel_layouts_it_does_not_take_still_work() -> None:
     x8 = torch.randn(2, 3, 2, 3, 2, 3, 2, 3, 4, generator=g)
     c8 = torch.rand(2, 1, 2, 1, 2, 1, 2, 1, 2, generator=g)
     out = torch.empty_like(x8)
-    records = (ctypes.c_int64 * 80)(*cpu_backend.loader._record(x8, out, c8, c8))
-    status = cpu_backend.loader.kernel().rotate(1, records, 0, 2, 4, 0, 0, 1)
+    call = [1, 0, 2, 4, 0, 0, 1, *cpu_backend.loader._record(x8, out, c8, c8)]  # _HEADER
+    status = cpu_backend.loader.kernel().rotate(cpu_backend.loader.pack(call))
     assert status == 3  # too many dims: refused by the kernel
     want = apply_rope(x8, c8, c8, backend="reference")
     assert torch.equal(apply_rope(x8, c8, c8, backend="cpu"), want)

@@ -214,16 +214,16 @@ def tokens(shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
 
 def count_rotations(monkeypatch: pytest.MonkeyPatch) -> list[torch.Size]:
     """Record every tensor rotated by ropekit for patched attention layers (q and k of
-    each call of ``apply_rope_qk``, which the patch's ``apply_rotary_pos_emb`` calls)."""
+    each call of the argument checker, which the patch's ``apply_rotary_pos_emb`` calls
+    before the backend)."""
     calls: list[torch.Size] = []
-    real = rt.apply_rope_qk
+    real = rt.check_call
 
-    def counting(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 **kwargs: Any) -> Any:  # fmt: skip
-        calls.extend((q.shape, k.shape))
-        return real(q, k, cos, sin, **kwargs)
+    def counting(xs: Any, names: Any, cos: torch.Tensor, sin: torch.Tensor, **kwargs: Any) -> Any:
+        calls.extend(x.shape for x in xs)
+        return real(xs, names, cos, sin, **kwargs)
 
-    monkeypatch.setattr(rt, "apply_rope_qk", counting)
+    monkeypatch.setattr(rt, "check_call", counting)
     return calls
 
 
@@ -646,6 +646,39 @@ def test_exact_rotary_embedding_matches_float64_formula(
     cos32, _ = rope(torch.zeros(1, dtype=torch.bfloat16), pos)  # float32 for half models
     assert cos32.dtype == torch.float32
     assert float((cos32.double() - want_cos).abs().max()) <= 2**-24 + 1e-9
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_kept_tables_gather_what_every_call_computes(dtype: torch.dtype) -> None:
+    """CPU positions inside the kept range gather rows of the kept float32 tables; others
+    compute theirs. Same values bit for bit, new tensors each call (writing to one
+    changes no later call), and the float64 oracle within one float32 rounding."""
+    kept = RotaryTables(RopeConfig(head_dim=16, max_position=100), kept_positions=100)
+    built = RotaryTables(RopeConfig(head_dim=16, max_position=100), kept_positions=0)
+    assert (kept.kept_positions, built.kept_positions) == (100, 0)
+    x = torch.zeros(1, dtype=torch.bfloat16)
+    cases = ([[0, 1, 2]], [[99]], [[98, 99, 100]], [[-1, 0]], [[5, 6], [40, 41]],
+             [list(range(100))], [[7] * 70])  # fmt: skip
+    for rows in cases:
+        pos = torch.tensor(rows, dtype=dtype)
+        cos, sin = kept(x, pos)
+        want_cos, want_sin = built(x, pos)
+        assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin), rows
+        oracle_cos, oracle_sin = float64_tables(pos.long(), 16, 10000.0)
+        assert float((cos.double() - oracle_cos).abs().max()) <= 2**-24 + 1e-12
+        assert float((sin.double() - oracle_sin).abs().max()) <= 2**-24 + 1e-12
+        cos.fill_(7.0)  # the caller's tensor: the kept tables are untouched
+        assert torch.equal(kept(x, pos)[0], want_cos)
+
+
+def test_kept_tables_default_and_float64_calls() -> None:
+    assert RotaryTables(RopeConfig(head_dim=8)).kept_positions == 4096
+    assert RotaryTables(RopeConfig(head_dim=8, max_position=131072)).kept_positions == 32768
+    rope = RotaryTables(RopeConfig(head_dim=8))
+    pos = torch.tensor([[3, 4]])
+    cos, _ = rope(torch.zeros(1, dtype=torch.float64), pos)  # float64: computed, not kept
+    assert cos.dtype == torch.float64
+    torch.testing.assert_close(cos, float64_tables(pos, 8, 10000.0)[0], atol=1e-15, rtol=0)
 
 
 def test_patched_attention_rejects_foreign_tables() -> None:

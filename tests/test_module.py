@@ -213,3 +213,69 @@ def test_frequencies_follow_the_device_but_keep_float64() -> None:
     assert rope._inv_freq.device.type == "meta" and rope._inv_freq.dtype == torch.float64
     rope.to_empty(device="cpu")  # values come back from the float64 master, not from meta
     assert torch.equal(rope._inv_freq, ropekit.inv_freq(16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_kept_tables_give_the_tables_built_per_call(dtype: torch.dtype) -> None:
+    """Calls inside the kept positions slice the kept float32 tables; every other call
+    builds its own. Both are the same tables bit for bit, at the edges of [0, L) too."""
+    kept = ropekit.RotaryEmbedding(CFG, kept_positions=100)
+    built = ropekit.RotaryEmbedding(CFG, kept_positions=0)
+    assert (kept.kept_positions, built.kept_positions) == (100, 0)
+    for offset, s in ((0, 100), (0, 1), (37, 5), (99, 1), (99, 2), (100, 1), (5000, 3)):
+        q, k = qk(s=s, dtype=dtype, seed=offset + s)
+        got, want = kept(q, k, offset=offset), built(q, k, offset=offset)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (offset, s)
+        # and against the float64 specification (an independent oracle)
+        exact = spec.apply(q.double(), torch.arange(offset, offset + s), ropekit.inv_freq(16))
+        torch.testing.assert_close(got[0].double(), exact, **TOL[dtype])
+
+
+def test_kept_tables_are_the_exact_tables_rounded_once() -> None:
+    rope = ropekit.RotaryEmbedding(CFG.replace(max_position=5000))
+    cos, sin = rope._kept
+    assert rope.kept_positions == 5000 and cos.shape == sin.shape == (5000, 8)
+    assert cos.dtype == sin.dtype == torch.float32
+    # oracle: float64 angles of exact integer positions, cos/sin, one rounding
+    angle = torch.arange(5000, dtype=torch.float64)[:, None] * ropekit.inv_freq(16)
+    torch.testing.assert_close(cos.double(), torch.cos(angle), atol=2**-25, rtol=0)
+    torch.testing.assert_close(sin.double(), torch.sin(angle), atol=2**-25, rtol=0)
+
+
+def test_kept_tables_follow_the_device_and_never_the_dtype() -> None:
+    q, k = qk(s=7, dtype=torch.bfloat16)
+    want = ropekit.RotaryEmbedding(CFG)(q, k, offset=3)
+    rope = ropekit.RotaryEmbedding(CFG).to(torch.bfloat16).half()
+    assert rope._kept[0].dtype == torch.float32
+    got = rope(q, k, offset=3)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with torch.device("meta"):
+        meta = ropekit.RotaryEmbedding(CFG)
+    meta.to("meta")
+    assert meta._kept[0].device.type == "meta"
+    meta.to_empty(device="cpu")  # the values come back from the CPU masters
+    got = meta(q, k, offset=3)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize(
+    ("max_position", "kept"), [(None, 4096), (100, 4096), (8192, 8192), (1_000_000, 32768)]
+)
+def test_kept_positions_default_follows_max_position(max_position, kept) -> None:
+    assert ropekit.RotaryEmbedding(CFG.replace(max_position=max_position)).kept_positions == kept
+
+
+def test_nothing_kept_for_length_dependent_scaling() -> None:
+    cfg = CFG.replace(scaling=ropekit.scaling.Dynamic(2.0, max_position=64), max_position=64)
+    rope = ropekit.RotaryEmbedding(cfg)
+    assert rope.kept_positions == 0
+    q, k = qk(s=100, dtype=torch.float32)  # beyond 64: the NTK frequencies of length 100
+    freqs = cfg.scaling.frequencies(16, 10000.0, None, 100)[0]
+    exact = spec.apply(q.double(), torch.arange(100), freqs)
+    torch.testing.assert_close(rope(q, k)[0].double(), exact, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "8", 2**24 + 1])
+def test_bad_kept_positions_raise(value) -> None:
+    with pytest.raises(ropekit.RopeValueError, match="kept_positions"):
+        ropekit.RotaryEmbedding(CFG, kept_positions=value)

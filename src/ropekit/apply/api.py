@@ -234,25 +234,25 @@ def hf_halves(
             f"unsqueeze_dim={unsqueeze_dim} is not allowed: expected 1 ([b, h, s, d] inputs) "
             "or 2 ([b, s, h, d] inputs)"
         )
-    views = []
-    for name, t in (("cos", cos), ("sin", sin)):
-        if not isinstance(t, torch.Tensor) or t.ndim not in (2, 3) or t.shape[-1] % 2:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise RopeValueError(
-                f"{name} of shape {shape} is not allowed: expected Hugging Face's [b, s, 2n] "
-                "or [s, 2n] table (an even last dim: two copies of n values)"
-            )
-        shape, stride = t.shape, t.stride()
-        n = shape[-1] // 2
-        if len(shape) == 3:  # [b, s, n] -> [b, 1, s, n] or [b, s, 1, n]
-            b, s, _ = shape
-            if unsqueeze_dim == 1:
-                view = (b, 1, s, n), (stride[0], 0, stride[1], stride[2])
-            else:
-                view = (b, s, 1, n), (stride[0], stride[1], 0, stride[2])
-            views.append(t.as_strided(*view))
-        elif unsqueeze_dim == 2:  # [s, n] -> [s, 1, n]
-            views.append(t.as_strided((shape[0], 1, n), (stride[0], 0, stride[1])))
-        else:  # [s, n]: broadcasts over [b, h, s, d] as it is
-            views.append(t.narrow(-1, 0, n))
-    return views[0], views[1]
+    return _hf_half("cos", cos, unsqueeze_dim), _hf_half("sin", sin, unsqueeze_dim)
+
+
+def _hf_half(name: str, t: object, unsqueeze_dim: int) -> torch.Tensor:
+    if type(t) is not torch.Tensor and not isinstance(t, torch.Tensor):
+        t = None
+    shape = None if t is None else t.shape
+    if shape is None or (len(shape) != 3 and len(shape) != 2) or shape[-1] % 2:
+        got = type(t).__name__ if shape is None else tuple(shape)
+        raise RopeValueError(
+            f"{name} of shape {got} is not allowed: expected Hugging Face's [b, s, 2n] "
+            "or [s, 2n] table (an even last dim: two copies of n values)"
+        )
+    stride = t.stride()
+    n = shape[-1] // 2
+    if len(shape) == 3:  # [b, s, n] -> [b, 1, s, n] or [b, s, 1, n]
+        if unsqueeze_dim == 1:
+            return t.as_strided((shape[0], 1, shape[1], n), (stride[0], 0, stride[1], stride[2]))
+        return t.as_strided((shape[0], shape[1], 1, n), (stride[0], stride[1], 0, stride[2]))
+    if unsqueeze_dim == 2:  # [s, n] -> [s, 1, n]
+        return t.as_strided((shape[0], 1, n), (stride[0], 0, stride[1]))
+    return t.narrow(-1, 0, n)  # [s, n]: broadcasts over [b, h, s, d] as it is

@@ -245,6 +245,11 @@ def _check_memory(
     sin: torch.Tensor,
     inplace: bool,
 ) -> None:
+    # Byte ranges first, each tensor's once: disjoint ranges (the common case) settle a
+    # pair without the exact test, which runs only for pairs whose ranges meet.
+    spans = [_span(t) for t in targets]
+    tables = ((cos, "cos", _span(cos)), (sin, "sin", _span(sin)))
+    input_spans = spans if inplace else [_span(x) for x in inputs]
     for i, (t, name) in enumerate(zip(targets, target_names, strict=True)):
         if _self_overlaps(t):
             raise RopeValueError(
@@ -252,13 +257,15 @@ def _check_memory(
                 f"as_strided tensor, strides {t.stride()}): expected a tensor whose elements "
                 "are distinct, as the rotation writes every one"
             )
-        for table, tname in ((cos, "cos"), (sin, "sin")):
-            if _overlap(t, table):
+        a0, a1 = spans[i]
+        for table, tname, (b0, b1) in tables:
+            if a0 < b1 and b0 < a1 and _overlap(t, table):
                 raise RopeValueError(
                     f"{name} overlaps {tname} in memory: expected the tables in separate memory"
                 )
         for j in range(i + 1, len(targets)):
-            if _overlap(t, targets[j]):
+            b0, b1 = spans[j]
+            if a0 < b1 and b0 < a1 and _overlap(t, targets[j]):
                 raise RopeValueError(
                     f"{name} and {target_names[j]} overlap in memory: expected separate memory "
                     "(each would be rotated more than once)"
@@ -266,6 +273,9 @@ def _check_memory(
         if inplace:
             continue
         for j, (x, xname) in enumerate(zip(inputs, input_names, strict=True)):
+            b0, b1 = input_spans[j]
+            if not (a0 < b1 and b0 < a1):
+                continue
             if j == i and t.data_ptr() == x.data_ptr() and t.stride() == x.stride():
                 raise _out_is_input(name, xname)
             if _overlap(t, x):

@@ -112,7 +112,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..apply.api import apply_rope_qk, hf_halves
+from ..apply.api import hf_halves
+from ..apply.checks import check_call
+from ..apply.dispatch import Backend, rotate
 from ..config import RopeConfig
 from ..errors import RopeValueError, in_version_window
 from .config import from_hf
@@ -173,6 +175,7 @@ _FREQ_RTOL = 1e-5
 # positions (< 30, angles < 30 rad): float32 angles are off by <= 30 * 2**-24 ~ 2e-6; a
 # misread axis, section or frequency moves some entry by O(1).
 _TABLE_ATOL = 1e-5
+_QK = ("q", "k")
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,7 +201,8 @@ def _ropekit_apply(n_pairs: int) -> Callable[..., tuple[torch.Tensor, torch.Tens
                 f"cos.shape={tuple(cos.shape)} is not allowed: the patched model rotates "
                 f"n={n_pairs} pairs, expected Hugging Face tables [..., 2n={2 * n_pairs}]"
             )
-        return apply_rope_qk(q, k, c, s)
+        # apply_rope_qk(q, k, c, s) without its wrapper: the checker, then the backend
+        return rotate(check_call((q, k), _QK, c, s), Backend.AUTO)
 
     return apply_rotary_pos_emb
 

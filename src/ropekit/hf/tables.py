@@ -20,6 +20,9 @@ from ..tables.cos_sin import cos_sin, position_tables
 
 __all__ = ["RotaryTables", "doubled"]
 
+# Positions tensors up to this size are read as a list (cheaper than aminmax at decode).
+_LISTED = 64
+
 
 def doubled(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[..., n]`` -> Hugging Face's ``[..., 2n]`` (both halves equal)."""
@@ -43,6 +46,12 @@ class RotaryTables(KeptFrequencies):
     Args:
         config: the model's rotary embedding (``ropekit.hf.from_hf(model.config)``);
             half-split (``interleaved=False``) as Hugging Face's ``rotate_half`` is.
+        kept_positions: ``L``: the float32 tables ``[L, 2n]`` of positions ``0 .. L - 1``
+            are kept (computed once, as any call would compute them), and CPU calls whose
+            positions all lie in ``[0, L)`` gather their rows (fresh tensors) instead of
+            computing them; 0 keeps none. Default: ``config.max_position``, at least 4096
+            and at most 32768. (Positions on an accelerator are not read, so there every
+            call computes its tables: checking the bounds would need a host sync.)
 
     Example:
         >>> rope = RotaryTables(RopeConfig(head_dim=8))
@@ -51,14 +60,14 @@ class RotaryTables(KeptFrequencies):
         (torch.Size([1, 3, 8]), True)
     """
 
-    def __init__(self, config: RopeConfig) -> None:
+    def __init__(self, config: RopeConfig, *, kept_positions: int | None = None) -> None:
         if isinstance(config, RopeConfig) and config.interleaved:
             raise RopeValueError(
                 "config.interleaved=True is not allowed: Hugging Face's rotate_half pairs lanes "
                 "(i, i + n), expected interleaved=False"
             )
         # kept float64 frequencies [2n] (Hugging Face's format), following the device
-        super().__init__(config, duplicated=True)
+        super().__init__(config, duplicated=True, kept_positions=kept_positions)
 
     def extra_repr(self) -> str:
         return repr(self.config)
@@ -79,6 +88,22 @@ class RotaryTables(KeptFrequencies):
                 inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype)
             )
             return doubled(cos, sin)
+        kept = self._kept
+        if (
+            kept is not None and position_ids.is_cpu and kept[0].is_cpu
+            and (position_ids.dtype is torch.int64 or position_ids.dtype is torch.int32)
+            and compute_dtype(x.dtype) is torch.float32 and not torch.compiler.is_compiling()
+        ):  # fmt: skip
+            count = position_ids.numel()
+            if count <= _LISTED:  # decode sizes: read as a list
+                values = position_ids.reshape(-1).tolist()
+                first, last = (min(values), max(values)) if values else (0, 0)
+            else:
+                first, last = (int(v) for v in torch.aminmax(position_ids))
+            if count and first >= 0 and last < kept[0].shape[0]:
+                # rows of the kept tables, gathered into new tensors (the caller may
+                # write to them): the values any call computes for these positions
+                return torch.embedding(kept[0], position_ids), torch.embedding(kept[1], position_ids)
         inv_freq, fine = self._on(position_ids.device)  # [2n]: both halves at once
         rows = self._rows if fine is self._fine else None
         return position_tables(

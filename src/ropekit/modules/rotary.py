@@ -1,38 +1,42 @@
 """``RotaryEmbedding``: the ``nn.Module`` that rotates queries and keys.
 
 Notation: ``b`` batch, ``h_q``/``h_k`` query/key heads (GQA allows ``h_k != h_q``),
-``s`` sequence length, ``d`` head dim, ``n`` rotated pairs.
+``s`` sequence length, ``d`` head dim, ``n`` rotated pairs, ``L`` kept positions.
 
-Design: the module holds only its :class:`~ropekit.RopeConfig` (plus, for methods whose
-frequencies do not depend on the length, those ``[n]`` float64 frequencies, derived from
-the config once), no buffers, parameters or tables. Tables are built for the positions of
-each call, in float64, and rounded once (see :mod:`ropekit.tables.cos_sin`).
-Consequences, all deliberate:
+Design: the module holds its :class:`~ropekit.RopeConfig` and, for methods whose
+frequencies do not depend on the length, what follows from the config alone, computed
+once at construction: the ``[n]`` float64 frequencies, and float32 cos/sin tables
+``[L, n]`` of the positions ``0 .. L - 1`` (``kept_positions=``; by default the config's
+``max_position``, at least 4096 and at most 32768 positions: 2-16 MiB at 64
+pairs). No buffers or parameters; nothing depends on earlier calls. A call whose positions
+are ``offset + arange(s)`` inside ``[0, L)`` (prefill and decode, float32/float16/bfloat16
+inputs) rotates with views of the kept tables, building nothing; every other call builds
+its tables for its own positions, in float64, rounded once (see
+:mod:`ropekit.tables.cos_sin`). Both give the same values bit for bit: the kept tables
+*are* the tables of those positions. Consequences, all deliberate:
 
-* ``module.to(torch.bfloat16)``/``.half()`` cannot degrade the tables: there is no
-  buffer for them to cast.
+* ``module.to(torch.bfloat16)``/``.half()`` cannot degrade the tables: nothing kept is
+  a buffer for them to cast (``_apply`` moves, never casts).
 * meta-device construction followed by ``to_empty`` needs nothing re-initialised.
 * results depend only on the arguments of the call, never on earlier calls (no cache
-  that grows, shrinks or is keyed by history), so any sequence length works and memory
-  is bounded by the call's own ``[s, n]`` (or ``[b, s, n]``) tables.
+  that grows, shrinks or is keyed by history), so any sequence length works; memory is
+  the kept tables plus, beyond them, the call's own ``[s, n]`` (or ``[b, s, n]``) tables.
 
-The price is ``2 * s * n`` float64 cos/sin per call, shared by q and k and by all heads
-(about 1% of the rotation work at ``b*h = 32``).
-
-Devices: the ``[n]`` float64 frequencies follow the module (``module.to("cuda")``,
-``.cuda()``, ``to_empty``) but keep float64 under ``module.to(torch.bfloat16)``: the
-module overrides ``_apply`` to move them, never to cast them. A call on tensors of the
-module's device then does no host↔device copy and no host sync, so a decode step can be
-captured in a CUDA graph. (Tensors on another device still work, at the cost of a copy.)
+Devices: the kept frequencies and tables follow the module (``module.to("cuda")``,
+``.cuda()``, ``to_empty``) but keep their dtype under ``module.to(torch.bfloat16)``.
+A call on tensors of the module's device then does no host↔device copy and no host sync,
+so a decode step can be captured in a CUDA graph. (Tensors on another device still
+work, at the cost of a copy.)
 
 Layouts: ``layout=`` (``"bhsd"`` default, ``"bshd"``, packed ``"thd"``) says how q and
 k are laid out; it is never guessed from the shapes (with equal q and k head counts a
 ``[b, s, h, d]`` tensor would be silently rotated along the wrong axis).
 
 ``torch.compile``: ``forward`` traces into one graph (``fullgraph=True``) with symbolic
-sequence lengths and offsets. Methods whose tables depend on the length (dynamic NTK,
-LongRoPE) need that length as a number, never read from tensor data: it is
-``offset + s`` when positions are implicit (an int ``offset``), or the ``seq_len``
+sequence lengths and offsets (it builds its tables in the graph rather than slicing the
+kept ones, whose bounds would add guards). Methods whose tables depend on the length
+(dynamic NTK, LongRoPE) need that length as a number, never read from tensor data: it
+is ``offset + s`` when positions are implicit (an int ``offset``), or the ``seq_len``
 argument. Only eager calls with an explicit ``positions`` tensor (or a tensor ``offset``)
 and no ``seq_len`` fall back to ``max(positions) + 1`` read from the data, which inside a
 compiled graph would be a data-dependent graph break, so there it raises instead.
@@ -65,6 +69,10 @@ __all__ = ["KeptFrequencies", "RotaryEmbedding", "fixed_frequencies"]
 # Positions whose hi trig a module keeps (decode_rows): from 8192 (128 KiB at 64 pairs)
 # up to the config's max_position, at most 65536 (1 MiB).
 _DECODE_ROWS_MIN, _DECODE_ROWS_MAX = 2**13, 2**16
+# Positions whose float32 tables RotaryEmbedding keeps by default: the config's
+# max_position, at least 4096 and at most 32768 (2-16 MiB at 64 pairs).
+_KEPT_MIN, _KEPT_MAX = 2**12, 2**15
+_KEPT_LIMIT = 2**24  # asked for explicitly: 8 GiB at 64 pairs
 
 
 def fixed_frequencies(config: RopeConfig) -> tuple[torch.Tensor, float] | None:
@@ -83,6 +91,19 @@ def fixed_frequencies(config: RopeConfig) -> tuple[torch.Tensor, float] | None:
         return config.frequencies()
 
 
+def _kept_positions(config: RopeConfig, kept_positions: object) -> int:
+    """``kept_positions`` checked; None: the config's ``max_position`` in [4096, 32768]."""
+    if kept_positions is None:
+        return min(max(config.max_position or 0, _KEPT_MIN), _KEPT_MAX)
+    kept = check_int("kept_positions", kept_positions, minimum=0)
+    if kept > _KEPT_LIMIT:
+        raise RopeValueError(
+            f"kept_positions={kept} is not allowed: expected at most {_KEPT_LIMIT} (2**24; "
+            "beyond the kept positions, tables are built per call)"
+        )
+    return kept
+
+
 def _check_layout(layout: object) -> str:
     if layout not in LAYOUTS:
         raise RopeValueError(f"layout={layout!r} is not allowed: expected one of {LAYOUTS}")
@@ -90,23 +111,30 @@ def _check_layout(layout: object) -> str:
 
 
 class KeptFrequencies(nn.Module):
-    """Base of the modules that keep a config's length-independent float64 frequencies.
+    """Base of the modules that keep what a config's length-independent frequencies give.
 
-    Holds ``inv_freq`` ``[n]`` (``[2n]``, it twice, with ``duplicated=True``) and the
-    angle-addition fine table (:func:`fine_table`),
-    computed once from the frozen config on the CPU (the master copies), and a copy of
-    each on the module's device: ``_apply`` moves them with ``module.to(device)``,
-    ``.cuda()`` and ``to_empty``, and never casts them (``module.to(torch.bfloat16)``
-    leaves them float64). Length-dependent methods keep nothing (``_frequencies`` None).
+    Holds ``inv_freq`` ``[n]`` (``[2n]``, it twice, with ``duplicated=True``), the
+    angle-addition fine table (:func:`fine_table`) and, with ``kept_positions=L > 0``
+    (None: the config's ``max_position``, at least 4096 and at most 32768), float32
+    ``cos``/``sin`` ``[L, n]`` (``[L, 2n]``) of the positions ``0 .. L - 1``: all computed once
+    from the frozen config on the CPU (the master copies), with a copy of each on the
+    module's device: ``_apply`` moves them with ``module.to(device)``, ``.cuda()`` and
+    ``to_empty``, and never casts them (``module.to(torch.bfloat16)`` leaves them as they
+    are). Length-dependent methods keep nothing (``_frequencies`` None).
     """
 
-    def __init__(self, config: RopeConfig, *, duplicated: bool = False) -> None:
+    def __init__(
+        self, config: RopeConfig, *, duplicated: bool = False, kept_positions: int | None = 0
+    ) -> None:
         super().__init__()
         if not isinstance(config, RopeConfig):
             raise RopeValueError(f"config={config!r} is not allowed: expected a ropekit.RopeConfig")
+        kept_positions = _kept_positions(config, kept_positions)
         self._config = config
         self._frequencies = fixed_frequencies(config)  # float64, CPU: the master copy
         self._inv_freq = self._fine = self._fine_master = self._rows = None
+        self._kept_master: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._kept = self._kept_master
         if self._frequencies is not None:
             inv, factor = self._frequencies
             if duplicated:
@@ -121,6 +149,13 @@ class KeptFrequencies(nn.Module):
             self._fine_master = fine_table(inv, attention_factor=factor)
             self._inv_freq, self._fine = inv, self._fine_master
             self._rows = self._decode_rows()  # views of them, for decode-size tables
+            if kept_positions:
+                # The tables of positions 0 .. L-1, as any call would build them (the same
+                # function of (m, theta_i), bit for bit): calls inside [0, L) slice them.
+                self._kept_master = range_tables(
+                    inv, 0, kept_positions, factor, self._fine_master, torch.float32
+                )
+                self._kept = self._kept_master
 
     def _decode_rows(self) -> DecodeRows:
         # hi trig up to the configured context (at least 8192, at most 65536 positions:
@@ -134,9 +169,14 @@ class KeptFrequencies(nn.Module):
         it, so that the frequencies kept from construction always match it)."""
         return self._config
 
+    @property
+    def kept_positions(self) -> int:
+        """``L``: positions ``0 .. L - 1`` whose float32 tables the module keeps (0: none)."""
+        return 0 if self._kept_master is None else self._kept_master[0].shape[0]
+
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
         # Follow the module's device, never its dtype: the device is read off a probe
-        # tensor passed through fn, and the values are copied from the float64 masters.
+        # tensor passed through fn, and the values are copied from the masters.
         super()._apply(fn, recurse)
         if self._frequencies is not None:
             probe = fn(torch.empty(0, dtype=torch.float64, device=self._inv_freq.device))
@@ -144,6 +184,9 @@ class KeptFrequencies(nn.Module):
                 self._inv_freq = self._frequencies[0].to(probe.device)
                 self._fine = self._fine_master.to(probe.device)
                 self._rows = self._decode_rows()
+                if self._kept_master is not None:
+                    cos, sin = self._kept_master
+                    self._kept = cos.to(probe.device), sin.to(probe.device)
         return self
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +207,11 @@ class RotaryEmbedding(KeptFrequencies):
             tensors' device. It changes speed, never the result beyond last-bit rounding.
         layout: ``"bhsd"`` (``[b, h, s, d]``, default), ``"bshd"`` (``[b, s, h, d]``) or
             ``"thd"`` (packed ``[t, h, d]``, with ``cu_seqlens``).
+        kept_positions: ``L``, the positions ``0 .. L - 1`` whose float32 tables the
+            module keeps (``2 * L * n`` floats), so that calls inside them build no
+            table; 0 keeps none. Default: ``config.max_position``, at least 4096 and at
+            most 32768. It changes speed and memory, never a result. (Nothing is kept
+            for methods whose tables depend on the length: dynamic NTK, LongRoPE.)
 
     Example:
         >>> rope = RotaryEmbedding(RopeConfig(head_dim=64, theta=10000.0))
@@ -177,9 +225,14 @@ class RotaryEmbedding(KeptFrequencies):
     """
 
     def __init__(
-        self, config: RopeConfig, *, backend: Backend | str = "auto", layout: str = "bhsd"
+        self,
+        config: RopeConfig,
+        *,
+        backend: Backend | str = "auto",
+        layout: str = "bhsd",
+        kept_positions: int | None = None,
     ) -> None:
-        super().__init__(config)
+        super().__init__(config, kept_positions=kept_positions)
         self.backend = parse_backend(backend)
         self.layout = _check_layout(layout)
 
@@ -280,11 +333,22 @@ class RotaryEmbedding(KeptFrequencies):
         dtype = compute_dtype(q.dtype if k is None else torch.promote_types(q.dtype, k.dtype))
         if seq_len is not None:
             check_int("seq_len", seq_len, minimum=1)
-        if where.implicit and self._frequencies is not None:
-            # offset + arange(s): built from Python ints, no positions tensor read (the
-            # common prefill and decode case; no host sync on an accelerator)
+        kept = self._kept
+        compiling = torch.compiler.is_compiling()
+        start = where.offset if where.implicit and not compiling else -1
+        if (
+            kept is not None and dtype is torch.float32 and start >= 0
+            and start + s <= kept[0].shape[0] and kept[0].device == q.device
+        ):  # fmt: skip
+            # offset + arange(s) inside the kept positions (prefill, decode): slices of
+            # the kept tables, which are these positions' tables; no op but two views
+            cos, sin = kept[0][start : start + s], kept[1][start : start + s]
+            rows_ndim = 1
+        elif where.implicit and self._frequencies is not None:
+            # offset + arange(s): built from Python ints, no positions tensor read (no
+            # host sync on an accelerator)
             inv_freq, fine = self._on(q.device)
-            if torch.compiler.is_compiling():
+            if compiling:
                 cos, sin = cos_sin_range(
                     inv_freq, where.offset, s, attention_factor=self._frequencies[1],
                     dtype=dtype, fine_table=fine,

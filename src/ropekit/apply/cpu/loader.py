@@ -54,6 +54,8 @@ _FLAG_SETS = (
     (*_EXACT, "-DROPEKIT_NO_FLOAT16"),
 )
 _MAX_TENSORS = 8  # per call (MAX_TENSORS in rope_cpu.c)
+# The call's header, int64 each, before the records (ropekit_rotate in rope_cpu.c).
+_HEADER = ("ntensors", "dtype", "n", "d", "interleaved", "inverse", "threads")
 _TOO_MANY_DIMS = 3  # status: more than MAX_DIMS batch dims after merging
 # Below this many elements in one call a second thread costs more than it saves.
 _PARALLEL_MIN_ELEMENTS = 1 << 15
@@ -65,16 +67,8 @@ class _Kernel:
         self.lib = ctypes.CDLL(str(path))
         fn = self.lib.ropekit_rotate
         fn.restype = ctypes.c_int
-        fn.argtypes = [
-            ctypes.c_int32,  # ntensors
-            ctypes.c_void_p,  # records: pointers, sizes and strides per tensor (_record)
-            ctypes.c_int32,  # dtype code
-            ctypes.c_int64,  # n
-            ctypes.c_int64,  # d
-            ctypes.c_int32,  # interleaved
-            ctypes.c_int32,  # inverse
-            ctypes.c_int32,  # threads
-        ]
+        # one int64 array: the header (_HEADER), then a _record per tensor
+        fn.argtypes = [ctypes.c_void_p]
         self.rotate = fn
         self.float16 = bool(self.lib.ropekit_has_float16())
         self.openmp = bool(self.lib.ropekit_has_openmp())
@@ -314,8 +308,10 @@ def rotate_cpu(
     code = _DTYPE_CODES.get(dtype)
     if code is None or (code == 3 and not lib.float16):
         return rotate_torch(xs, outs, cos, sin, interleaved=interleaved, inverse=inverse)
-    if outs is None:
-        outs = [torch.empty_like(x) for x in xs]
+    if outs is None:  # (no comprehension: in Python 3.11 that is one more frame)
+        outs = []
+        for x in xs:
+            outs.append(torch.empty_like(x))
     split = len(xs) > _MAX_TENSORS
     for x in xs:
         split = split or x.dtype != dtype or x.shape[-1] != d
@@ -336,25 +332,28 @@ def rotate_cpu(
     # Each tensor attribute read once, in plain loops: at decode sizes building the
     # records is most of the Python work of a call.
     elements = 0
-    records: list[int] = []
+    n = c.shape[-1]
+    call = [len(xs), code, n, d, interleaved, inverse, 1]  # _HEADER (bools pack as 0/1)
     cp, sp, cnd = c.data_ptr(), s.data_ptr(), c.ndim
     ctail = (*c.shape, *cst, *sst)
     for x, y in zip(xs, outs, strict=False):  # equal lengths: built from xs, or checked
         xst = x.stride()
         yst = xst if y is x else y.stride()
         if xst[-1] != 1 or yst[-1] != 1:
-            records = []  # strided lanes: the copying path below
+            call = []  # strided lanes: the copying path below
             break
         elements += x.numel()
-        records += (x.data_ptr(), y.data_ptr(), cp, sp, x.ndim, cnd, *x.shape, *xst, *yst, *ctail)
+        call += (x.data_ptr(), y.data_ptr(), cp, sp, x.ndim, cnd, *x.shape, *xst, *yst, *ctail)
     status = _TOO_MANY_DIMS
-    if records:
-        status = _run(lib, code, len(xs), records, elements, c, xs, interleaved, inverse)
+    if call:
+        status = _run(lib, call, elements)
     if status == _TOO_MANY_DIMS:  # rare layouts: contiguous copies, which always fit
         elements = sum(x.numel() for x in xs)
         dense = [_dense(x, y, c, s) for x, y in zip(xs, outs, strict=True)]
-        records = tuple(v for t in dense for v in _record(*t))
-        status = _run(lib, code, len(xs), records, elements, c, xs, interleaved, inverse)
+        call = [len(xs), code, n, d, interleaved, inverse, 1]
+        for t in dense:
+            call += _record(*t)
+        status = _run(lib, call, elements)
         for y, (_, yk, _, _) in zip(outs, dense, strict=True):
             if status == 0:
                 y.copy_(yk)
@@ -363,27 +362,21 @@ def rotate_cpu(
     return tuple(outs)
 
 
-def _run(
-    lib: _Kernel,
-    code: int,
-    count: int,
-    records: Sequence[int],
-    elements: int,
-    c: torch.Tensor,
-    xs: Sequence[torch.Tensor],
-    interleaved: bool,
-    inverse: bool,
-) -> int:
-    # int64, one _record per tensor, back to back; bytes pass to c_void_p as a pointer to
-    # their data (struct.pack is the cheapest way there from Python ints)
-    buffer = struct.pack(f"{len(records)}q", *records)
-    return lib.rotate(
-        count,
-        buffer,
-        code,
-        c.shape[-1],
-        xs[0].shape[-1],
-        interleaved,
-        inverse,
-        torch.get_num_threads() if elements >= _PARALLEL_MIN_ELEMENTS else 1,
-    )
+# struct.Struct(...).pack per length of a call: facts about the format, not about calls
+_PACKERS: dict[int, Callable[..., bytes]] = {}
+
+
+def pack(call: Sequence[int]) -> bytes:
+    """``call`` (header and records) as the int64 array ``ropekit_rotate`` reads."""
+    packer = _PACKERS.get(len(call))
+    if packer is None:
+        packer = _PACKERS[len(call)] = struct.Struct(f"{len(call)}q").pack
+    return packer(*call)
+
+
+def _run(lib: _Kernel, call: list[int], elements: int) -> int:
+    # bytes pass to c_void_p as a pointer to their data (struct is the cheapest way
+    # there from Python ints)
+    if elements >= _PARALLEL_MIN_ELEMENTS:
+        call[6] = torch.get_num_threads()
+    return lib.rotate(pack(call))

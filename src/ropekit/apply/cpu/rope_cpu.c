@@ -643,8 +643,51 @@ int64_t ropekit_stream_min_bytes(void) {
 
 /* Rotate `ntensors` tensors (e.g. q and k) sharing one dtype, n and d, in one parallel
  * region; `records` holds one make_plan record per tensor, back to back. */
-int ropekit_rotate(int32_t ntensors, const int64_t *records, int32_t dtype, int64_t n, int64_t d,
-                   int32_t interleaved, int32_t inverse, int32_t nthreads) {
+/* What one call's threads share: the plans and the call's parameters. */
+typedef struct {
+  const plan_t *plans;
+  int32_t ntensors;
+  int64_t total;
+  int paired, stream;
+  int32_t dtype;
+  int64_t n, d;
+  int32_t interleaved, inverse;
+} job_t;
+
+/* Thread tid of nt: its even share of the rows (of the row pairs, when paired). */
+static void run_part(const job_t *job, int64_t tid, int64_t nt) {
+  _Alignas(64) char rowbuf[STREAM_MAX_ROW];
+  char *buf = job->stream ? rowbuf : NULL;
+  const plan_t *plans = job->plans;
+  if (job->paired) {
+    int64_t rows = plans[0].rows;
+    int64_t lo = rows * tid / nt, hi = rows * (tid + 1) / nt;
+    if (lo < hi)
+      run_rows(job->dtype, &plans[0], &plans[1], lo, hi, job->n, job->d, job->interleaved,
+               job->inverse, buf);
+  } else {
+    int64_t lo = job->total * tid / nt, hi = job->total * (tid + 1) / nt, base = 0;
+    for (int t = 0; t < job->ntensors && lo < hi; t++) {
+      int64_t rows = plans[t].rows;
+      int64_t a = lo > base ? lo : base, b = hi < base + rows ? hi : base + rows;
+      if (a < b)
+        run_rows(job->dtype, &plans[t], NULL, a - base, b - base, job->n, job->d,
+                 job->interleaved, job->inverse, buf);
+      base += rows;
+    }
+  }
+  if (job->stream) stream_fence(); /* streamed lines visible before the region ends */
+}
+
+/* One argument, int64 [7 + records]: ntensors, dtype, n, d, interleaved, inverse, threads,
+ * then one record per tensor (make_plan). One pointer rather than eight arguments:
+ * ctypes converts each argument in Python, and at decode sizes that shows. */
+int ropekit_rotate(const int64_t *call) {
+  const int32_t ntensors = (int32_t)call[0], dtype = (int32_t)call[1];
+  const int64_t n = call[2], d = call[3];
+  const int32_t interleaved = (int32_t)call[4], inverse = (int32_t)call[5];
+  const int32_t nthreads = (int32_t)call[6];
+  const int64_t *records = call + 7;
   plan_t plans[MAX_TENSORS];
   int64_t total = 0;
   if (ntensors < 1 || ntensors > MAX_TENSORS) return BAD_COUNT;
@@ -663,30 +706,21 @@ int ropekit_rotate(int32_t ntensors, const int64_t *records, int32_t dtype, int6
   /* streaming stores: rows that support them (stream_row) use them */
   const int stream = (dtype == F32 || dtype == BF16) &&
                      total * d * esize >= ropekit_stream_min_bytes() && d * esize <= STREAM_MAX_ROW;
-#pragma omp parallel num_threads(nthreads > 1 ? nthreads : 1)
-  {
-    int64_t nt = 1, tid = 0, base = 0;
-    _Alignas(64) char rowbuf[STREAM_MAX_ROW];
-    char *buf = stream ? rowbuf : NULL;
+  const job_t job = {plans, ntensors, total, paired, stream, dtype, n, d, interleaved, inverse};
+  if (nthreads <= 1) {
+    /* no parallel region at all: a one-thread OpenMP team still costs a region's set-up
+     * per call, which at decode sizes is comparable to the rotation */
+    run_part(&job, 0, 1);
+  } else {
+#pragma omp parallel num_threads(nthreads)
+    {
+      int64_t nt = 1, tid = 0;
 #ifdef _OPENMP
-    nt = omp_get_num_threads();
-    tid = omp_get_thread_num();
+      nt = omp_get_num_threads();
+      tid = omp_get_thread_num();
 #endif
-    if (paired) { /* an even split of the row pairs */
-      int64_t rows = plans[0].rows;
-      int64_t lo = rows * tid / nt, hi = rows * (tid + 1) / nt;
-      if (lo < hi) run_rows(dtype, &plans[0], &plans[1], lo, hi, n, d, interleaved, inverse, buf);
-    } else { /* an even split of the rows of all tensors together */
-      int64_t lo = total * tid / nt, hi = total * (tid + 1) / nt;
-      for (int t = 0; t < ntensors && lo < hi; t++) {
-        int64_t rows = plans[t].rows;
-        int64_t a = lo > base ? lo : base, b = hi < base + rows ? hi : base + rows;
-        if (a < b)
-          run_rows(dtype, &plans[t], NULL, a - base, b - base, n, d, interleaved, inverse, buf);
-        base += rows;
-      }
+      run_part(&job, tid, nt);
     }
-    if (stream) stream_fence(); /* streamed lines visible before the region ends */
   }
   return OK;
 }
