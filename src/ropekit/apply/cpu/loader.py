@@ -312,13 +312,6 @@ def rotate_cpu(
         outs = []
         for x in xs:
             outs.append(torch.empty_like(x))
-    split = len(xs) > _MAX_TENSORS
-    for x in xs:
-        split = split or x.dtype != dtype or x.shape[-1] != d
-    if split:
-        for x, y in zip(xs, outs, strict=True):  # one call per tensor
-            rotate_cpu((x,), (y,), cos, sin, interleaved=interleaved, inverse=inverse)
-        return tuple(outs)
     work = torch.float64 if code == 1 else torch.float32  # compute_dtype
     c = cos if cos.dtype == work else cos.to(work)
     s = sin if sin.dtype == work else sin.to(work)
@@ -329,21 +322,30 @@ def rotate_cpu(
     if sst[-1] != 1:
         s = s.contiguous()
         sst = s.stride()
-    # Each tensor attribute read once, in plain loops: at decode sizes building the
+    # One loop over the tensors, each attribute read once: at decode sizes building the
     # records is most of the Python work of a call.
     elements = 0
     n = c.shape[-1]
     call = [len(xs), code, n, d, interleaved, inverse, 1]  # _HEADER (bools pack as 0/1)
     cp, sp, cnd = c.data_ptr(), s.data_ptr(), c.ndim
     ctail = (*c.shape, *cst, *sst)
+    split = len(xs) > _MAX_TENSORS
     for x, y in zip(xs, outs, strict=False):  # equal lengths: built from xs, or checked
+        shape = x.shape
+        if x.dtype != dtype or shape[-1] != d:
+            split = True
+            break
         xst = x.stride()
         yst = xst if y is x else y.stride()
         if xst[-1] != 1 or yst[-1] != 1:
             call = []  # strided lanes: the copying path below
-            break
-        elements += x.numel()
-        call += (x.data_ptr(), y.data_ptr(), cp, sp, x.ndim, cnd, *x.shape, *xst, *yst, *ctail)
+        elif call:
+            elements += x.numel()
+            call += (x.data_ptr(), y.data_ptr(), cp, sp, len(shape), cnd, *shape, *xst, *yst, *ctail)
+    if split:  # dtypes or head dims differ: one call per tensor
+        for x, y in zip(xs, outs, strict=True):
+            rotate_cpu((x,), (y,), cos, sin, interleaved=interleaved, inverse=inverse)
+        return tuple(outs)
     status = _TOO_MANY_DIMS
     if call:
         status = _run(lib, call, elements)
