@@ -279,3 +279,32 @@ def test_nothing_kept_for_length_dependent_scaling() -> None:
 def test_bad_kept_positions_raise(value) -> None:
     with pytest.raises(ropekit.RopeValueError, match="kept_positions"):
         ropekit.RotaryEmbedding(CFG, kept_positions=value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_tables_serve_position_tensors_on_the_cpu(dtype: torch.dtype) -> None:
+    """[s], [b, s] and packed positions inside the kept range gather kept rows; outside
+    it (or negative) they are built: the same values either way."""
+    kept = ropekit.RotaryEmbedding(CFG, kept_positions=50)
+    built = ropekit.RotaryEmbedding(CFG, kept_positions=0)
+    q, k = qk(s=4, dtype=dtype)
+    for positions in (
+        torch.tensor([0, 1, 2, 49]),
+        torch.tensor([[3, 4, 5, 6], [0, 0, 1, 2]]),
+        torch.tensor([47, 48, 49, 50]),  # the last one past the kept rows: built
+        torch.tensor([-2, -1, 0, 1]),
+        torch.tensor([[5, 6, 7, 8]] * 2, dtype=torch.int32),
+    ):
+        got, want = kept(q, k, positions), built(q, k, positions)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), positions
+        rows = positions.long().expand(2, 4)  # the oracle takes [s]: one batch row at a time
+        exact = torch.stack([spec.apply(q[i].double(), rows[i], ropekit.inv_freq(16)) for i in range(2)])
+        torch.testing.assert_close(got[0].double(), exact, **TOL[dtype])
+    packed = ropekit.RotaryEmbedding(CFG, layout="thd", kept_positions=50)
+    packed_built = ropekit.RotaryEmbedding(CFG, layout="thd", kept_positions=0)
+    x, y = torch.randn(7, 4, 16, dtype=dtype), torch.randn(7, 2, 16, dtype=dtype)
+    cu = torch.tensor([0, 3, 7])
+    for offset in (0, torch.tensor([10, 45])):  # the second document runs past 50
+        got = packed(x, y, cu_seqlens=cu, offset=offset)
+        want = packed_built(x, y, cu_seqlens=cu, offset=offset)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -14,14 +14,11 @@ import torch
 
 from ..apply import compute_dtype
 from ..config import RopeConfig
-from ..errors import RopeValueError
+from ..errors import RopeValueError, check_tensor
 from ..modules.rotary import KeptFrequencies
 from ..tables.cos_sin import cos_sin, position_tables
 
 __all__ = ["RotaryTables", "doubled"]
-
-# Positions tensors up to this size are read as a list (cheaper than aminmax at decode).
-_LISTED = 64
 
 
 def doubled(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,22 +85,11 @@ class RotaryTables(KeptFrequencies):
                 inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype)
             )
             return doubled(cos, sin)
-        kept = self._kept
-        if (
-            kept is not None and position_ids.is_cpu and kept[0].is_cpu
-            and (position_ids.dtype is torch.int64 or position_ids.dtype is torch.int32)
-            and compute_dtype(x.dtype) is torch.float32 and not torch.compiler.is_compiling()
-        ):  # fmt: skip
-            count = position_ids.numel()
-            if count <= _LISTED:  # decode sizes: read as a list
-                values = position_ids.reshape(-1).tolist()
-                first, last = (min(values), max(values)) if values else (0, 0)
-            else:
-                first, last = (int(v) for v in torch.aminmax(position_ids))
-            if count and first >= 0 and last < kept[0].shape[0]:
-                # rows of the kept tables, gathered into new tensors (the caller may
-                # write to them): the values any call computes for these positions
-                return torch.embedding(kept[0], position_ids), torch.embedding(kept[1], position_ids)
+        check_tensor("position_ids", position_ids)
+        if compute_dtype(x.dtype) is torch.float32:
+            got = self._kept_rows(position_ids)  # CPU positions inside the kept tables
+            if got is not None:
+                return got
         inv_freq, fine = self._on(position_ids.device)  # [2n]: both halves at once
         rows = self._rows if fine is self._fine else None
         return position_tables(

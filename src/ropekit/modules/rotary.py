@@ -8,10 +8,12 @@ frequencies do not depend on the length, what follows from the config alone, com
 once at construction: the ``[n]`` float64 frequencies, and float32 cos/sin tables
 ``[L, n]`` of the positions ``0 .. L - 1`` (``kept_positions=``; by default the config's
 ``max_position``, at least 4096 and at most 32768 positions: 2-16 MiB at 64
-pairs). No buffers or parameters; nothing depends on earlier calls. A call whose positions
-are ``offset + arange(s)`` inside ``[0, L)`` (prefill and decode, float32/float16/bfloat16
-inputs) rotates with views of the kept tables, building nothing; every other call builds
-its tables for its own positions, in float64, rounded once (see
+pairs). No buffers or parameters; nothing depends on earlier calls. With
+float32/float16/bfloat16 inputs, a call whose positions are ``offset + arange(s)`` inside
+``[0, L)`` (prefill and decode) rotates with views of the kept tables, building nothing,
+and one with a CPU positions tensor inside ``[0, L)`` with their rows gathered; every
+other call (and positions on an accelerator, whose bounds only a host sync could read)
+builds its tables for its own positions, in float64, rounded once (see
 :mod:`ropekit.tables.cos_sin`). Both give the same values bit for bit: the kept tables
 *are* the tables of those positions. Consequences, all deliberate:
 
@@ -73,6 +75,8 @@ _DECODE_ROWS_MIN, _DECODE_ROWS_MAX = 2**13, 2**16
 # max_position, at least 4096 and at most 32768 (2-16 MiB at 64 pairs).
 _KEPT_MIN, _KEPT_MAX = 2**12, 2**15
 _KEPT_LIMIT = 2**24  # asked for explicitly: 8 GiB at 64 pairs
+# Positions tensors up to this size are read as a list (cheaper than aminmax at decode).
+_LISTED = 64
 
 
 def fixed_frequencies(config: RopeConfig) -> tuple[torch.Tensor, float] | None:
@@ -173,6 +177,31 @@ class KeptFrequencies(nn.Module):
     def kept_positions(self) -> int:
         """``L``: positions ``0 .. L - 1`` whose float32 tables the module keeps (0: none)."""
         return 0 if self._kept_master is None else self._kept_master[0].shape[0]
+
+    def _kept_rows(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``cos``/``sin`` ``[*P, n]`` gathered from the kept float32 tables for integer CPU
+        ``positions`` ``[*P]`` that all lie in ``[0, L)`` (new tensors: the caller may
+        write to them); None if they do not, or cannot be read here (an accelerator,
+        whose values only a host sync could tell, or inside ``torch.compile``)."""
+        kept = self._kept
+        if (
+            kept is None or not positions.is_cpu or not kept[0].is_cpu
+            or (positions.dtype is not torch.int64 and positions.dtype is not torch.int32)
+            or torch.compiler.is_compiling()
+        ):  # fmt: skip
+            return None
+        count = positions.numel()
+        if not count:
+            return None
+        if count <= _LISTED:  # decode sizes: read as a list
+            values = positions.reshape(-1).tolist()
+            first, last = min(values), max(values)
+        else:
+            first, last = (int(v) for v in torch.aminmax(positions))
+        if first < 0 or last >= kept[0].shape[0]:
+            return None
+        # the kept rows are the values any call computes for these positions, bit for bit
+        return torch.embedding(kept[0], positions), torch.embedding(kept[1], positions)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
         # Follow the module's device, never its dtype: the device is read off a probe
@@ -361,8 +390,11 @@ class RotaryEmbedding(KeptFrequencies):
             rows_ndim = 1
         else:
             rows = where.rows(q.device)  # int64 [s], [b, s] or [t]
-            seq_len = self._seq_len(rows, where, s, seq_len)
-            cos, sin = self.cos_sin(rows, dtype=dtype, seq_len=seq_len)
+            got = self._kept_rows(rows) if dtype is torch.float32 else None
+            if got is None:
+                seq_len = self._seq_len(rows, where, s, seq_len)
+                got = self.cos_sin(rows, dtype=dtype, seq_len=seq_len)
+            cos, sin = got
             rows_ndim = rows.ndim
         # [*P, n] to broadcast over the heads in the caller's layout
         if layout == "bhsd":
