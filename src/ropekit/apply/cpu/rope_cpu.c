@@ -641,8 +641,6 @@ int64_t ropekit_stream_min_bytes(void) {
 #endif
 }
 
-/* Rotate `ntensors` tensors (e.g. q and k) sharing one dtype, n and d, in one parallel
- * region; `records` holds one make_plan record per tensor, back to back. */
 /* What one call's threads share: the plans and the call's parameters. */
 typedef struct {
   const plan_t *plans;
@@ -679,9 +677,11 @@ static void run_part(const job_t *job, int64_t tid, int64_t nt) {
   if (job->stream) stream_fence(); /* streamed lines visible before the region ends */
 }
 
-/* One argument, int64 [7 + records]: ntensors, dtype, n, d, interleaved, inverse, threads,
- * then one record per tensor (make_plan). One pointer rather than eight arguments:
- * ctypes converts each argument in Python, and at decode sizes that shows. */
+/* Rotate `ntensors` tensors (e.g. q and k) sharing one dtype, n and d, in one parallel
+ * region. One argument, int64 [7 + records]: ntensors, dtype, n, d, interleaved,
+ * inverse, threads, then one make_plan record per tensor, back to back. One pointer
+ * rather than eight arguments: ctypes converts each argument in Python, and at decode
+ * sizes that shows. */
 int ropekit_rotate(const int64_t *call) {
   const int32_t ntensors = (int32_t)call[0], dtype = (int32_t)call[1];
   const int64_t n = call[2], d = call[3];
