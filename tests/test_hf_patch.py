@@ -618,6 +618,8 @@ def test_exact_rotary_embedding_arguments() -> None:
     rope = RotaryTables(RopeConfig(head_dim=8))
     with pytest.raises(RopeValueError, match="layer_type"):
         rope(torch.zeros(1), torch.arange(3)[None], layer_type="sliding_attention")
+    with pytest.raises(RopeValueError, match=r"position_ids must be a torch\.Tensor"):
+        rope(torch.zeros(1), [[0, 1, 2]])  # type: ignore[arg-type]
     # [b, s] positions: each row gets its own tables (left padding, packed rows).
     positions = torch.tensor([[0, 1, 2], [7, 8, 9]])
     cos, sin = rope(torch.zeros(1, dtype=torch.float64), positions)

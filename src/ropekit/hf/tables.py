@@ -78,6 +78,7 @@ class RotaryTables(KeptFrequencies):
                 f"layer_type={layer_type!r} is not allowed: per-layer RoPE parameters are not "
                 "supported, expected None"
             )
+        check_tensor("position_ids", position_ids)
         if self._frequencies is None:
             # As Hugging Face: the longest position of the call picks the table set.
             inv_freq, factor = self.config.frequencies(int(position_ids.max()) + 1)
@@ -85,7 +86,6 @@ class RotaryTables(KeptFrequencies):
                 inv_freq, position_ids, attention_factor=factor, dtype=compute_dtype(x.dtype)
             )
             return doubled(cos, sin)
-        check_tensor("position_ids", position_ids)
         if compute_dtype(x.dtype) is torch.float32:
             got = self._kept_rows(position_ids)  # CPU positions inside the kept tables
             if got is not None:
