@@ -347,7 +347,10 @@ def check_call(
                 f"{x.shape[-1]}: expected 2 * cos.shape[-1] <= {name}.shape[-1]"
             )
         if not indexed and not own_tables:
-            _check_broadcast(name, x, cshape)
+            xshape = x.shape
+            # (the common [s, n] / [1, n] table against a [..., s, d] tensor, inline)
+            if len(cshape) != 2 or len(xshape) < 2 or (cshape[0] != 1 and cshape[0] != xshape[-2]):
+                _check_broadcast(name, x, cshape)
     checked = tuple(checked)
     canon = checked if layout == "bhsd" else tuple(_canonical(x, layout) for x in checked)
     rows = None
