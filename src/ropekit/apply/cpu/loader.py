@@ -309,9 +309,10 @@ def rotate_cpu(
     if code is None or (code == 3 and not lib.float16):
         return rotate_torch(xs, outs, cos, sin, interleaved=interleaved, inverse=inverse)
     if outs is None:  # (no comprehension: in Python 3.11 that is one more frame)
-        outs = []
-        for x in xs:
-            outs.append(torch.empty_like(x))
+        if len(xs) == 2:  # q and k: the common case
+            outs = (torch.empty_like(x0), torch.empty_like(xs[1]))
+        else:
+            outs = tuple(torch.empty_like(x) for x in xs)
     work = torch.float64 if code == 1 else torch.float32  # compute_dtype
     c = cos if cos.dtype == work else cos.to(work)
     s = sin if sin.dtype == work else sin.to(work)
@@ -348,14 +349,18 @@ def rotate_cpu(
         return tuple(outs)
     status = _TOO_MANY_DIMS
     if call:
-        status = _run(lib, call, elements)
+        if elements >= _PARALLEL_MIN_ELEMENTS:
+            call[6] = torch.get_num_threads()
+        status = lib.rotate(pack(call))
     if status == _TOO_MANY_DIMS:  # rare layouts: contiguous copies, which always fit
         elements = sum(x.numel() for x in xs)
         dense = [_dense(x, y, c, s) for x, y in zip(xs, outs, strict=True)]
         call = [len(xs), code, n, d, interleaved, inverse, 1]
         for t in dense:
             call += _record(*t)
-        status = _run(lib, call, elements)
+        if elements >= _PARALLEL_MIN_ELEMENTS:
+            call[6] = torch.get_num_threads()
+        status = lib.rotate(pack(call))
         for y, (_, yk, _, _) in zip(outs, dense, strict=True):
             if status == 0:
                 y.copy_(yk)
@@ -369,16 +374,10 @@ _PACKERS: dict[int, Callable[..., bytes]] = {}
 
 
 def pack(call: Sequence[int]) -> bytes:
-    """``call`` (header and records) as the int64 array ``ropekit_rotate`` reads."""
+    """``call`` (header and records) as the int64 array ``ropekit_rotate`` reads (bytes,
+    which ctypes passes to a ``c_void_p`` as a pointer to their data; ``struct`` is the
+    cheapest way there from Python ints)."""
     packer = _PACKERS.get(len(call))
     if packer is None:
         packer = _PACKERS[len(call)] = struct.Struct(f"{len(call)}q").pack
     return packer(*call)
-
-
-def _run(lib: _Kernel, call: list[int], elements: int) -> int:
-    # bytes pass to c_void_p as a pointer to their data (struct is the cheapest way
-    # there from Python ints)
-    if elements >= _PARALLEL_MIN_ELEMENTS:
-        call[6] = torch.get_num_threads()
-    return lib.rotate(pack(call))
