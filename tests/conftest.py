@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -76,20 +78,72 @@ def tol_at(dtype: torch.dtype, positions: torch.Tensor, x: torch.Tensor) -> dict
     return tol
 
 
-def assert_untouched(model: Any, call: Any, match: str) -> None:
-    """``call()`` raises ``UnsupportedModelError`` matching ``match`` and leaves ``model``
-    as it was: the same module objects under the same names, the same ``forward``
-    attributes, not marked patched (the Hugging Face patch's refusals)."""
-    import pytest
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test (``pytestmark = pytest.mark.usefixtures(...)``):
+    tiny models gain nothing from a second thread but synchronisation, and on a shared
+    2-core runner two threads fighting for the cores make a file several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    from ropekit.hf import UnsupportedModelError, is_patched
 
-    before = [(n, m, m.__dict__.get("forward")) for n, m in model.named_modules()]
-    with pytest.raises(UnsupportedModelError, match=match):
-        call()
-    after = [(n, m, m.__dict__.get("forward")) for n, m in model.named_modules()]
+def module_objects(model: Any) -> list[tuple[str, Any, Any]]:
+    """``(name, module, its instance attribute forward or None)`` for every submodule."""
+    return [(n, m, m.__dict__.get("forward")) for n, m in model.named_modules()]
+
+
+def assert_same_objects(model: Any, before: list[tuple[str, Any, Any]]) -> None:
+    """``model`` holds the module objects of ``before`` (:func:`module_objects`) under the
+    same names, with the same ``forward`` attributes."""
+    after = module_objects(model)
     assert len(before) == len(after)
     assert all(
         a[0] == b[0] and a[1] is b[1] and a[2] is b[2] for a, b in zip(before, after, strict=True)
     )
+
+
+def assert_untouched(model: Any, call: Any, match: str) -> None:
+    """``call()`` raises ``UnsupportedModelError`` matching ``match`` and leaves ``model``
+    as it was: the same module objects under the same names, the same ``forward``
+    attributes, not marked patched (the Hugging Face patch's refusals)."""
+    from ropekit.hf import UnsupportedModelError, is_patched
+
+    before = module_objects(model)
+    with pytest.raises(UnsupportedModelError, match=match):
+        call()
+    assert_same_objects(model, before)
     assert not is_patched(model)
+
+
+def assert_float64_exact(
+    got: torch.Tensor, want: torch.Tensor, unpatched: torch.Tensor, *, floor: float = 0.0
+) -> None:
+    """A patched float64 model's output ``got`` equals the float64 oracle's ``want`` to
+    1e-12 and is 100x closer to it than the unpatched model's ``unpatched`` (unless that
+    is within ``floor`` of it already: nothing to improve)."""
+    err = float((got - want).abs().max())
+    unpatched_err = float((unpatched - want).abs().max())
+    assert got.dtype == torch.float64
+    assert err <= 1e-12, err
+    assert err < unpatched_err / 100 or unpatched_err < floor, (err, unpatched_err)
+
+
+def count_dropin_rotations(
+    monkeypatch: pytest.MonkeyPatch, function: str = "apply_rope_qk"
+) -> list[bool]:
+    """Record each call of ``function`` (``apply_rope_qk`` or ``apply_rope``) made by the
+    patched families' drop-ins (:mod:`ropekit.hf.dropins`): one entry per call, its
+    ``interleaved`` flag."""
+    import ropekit.hf.dropins as dropins
+
+    calls: list[bool] = []
+    real = getattr(dropins, function)
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("interleaved", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dropins, function, counting)
+    return calls

@@ -155,7 +155,8 @@ def test_cpu_kernel_layouts_it_does_not_take_still_work() -> None:
     x8 = torch.randn(2, 3, 2, 3, 2, 3, 2, 3, 4, generator=g)
     c8 = torch.rand(2, 1, 2, 1, 2, 1, 2, 1, 2, generator=g)
     out = torch.empty_like(x8)
-    call = [1, 0, 2, 4, 0, 0, 1, *cpu_backend.loader._record(x8, out, c8, c8)]  # _HEADER
+    # header: one tensor, float32, n=2, d=4, half pairs, forward, one thread; its record
+    call = [1, 0, 2, 4, 0, 0, 1, *cpu_backend.loader._record(x8, out, c8, c8)]
     status = cpu_backend.loader.kernel().rotate(cpu_backend.loader.pack(call))
     assert status == 3  # too many dims: refused by the kernel
     want = apply_rope(x8, c8, c8, backend="reference")

@@ -33,12 +33,7 @@ TEXT = 4  # text tokens
 FRAMES, ROWS, COLS = 3, 3, 5  # latent grid after patching (non-square)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ tiny transformers

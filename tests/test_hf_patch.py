@@ -196,14 +196,7 @@ CASES: dict[str, Case] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    # Tiny models: intra-op threads only add synchronisation (and oversubscribe a shared
-    # 2-core runner, where this file then takes 60 s instead of 15 s).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tokens(shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:

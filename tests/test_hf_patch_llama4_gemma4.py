@@ -40,7 +40,13 @@ import ropekit.hf.patching as rt
 from ropekit import RopeValueError
 from ropekit.frequencies import Llama4Temperature
 from ropekit.hf import is_patched, patch, patched, unpatch
-from tests.conftest import assert_untouched
+from tests.conftest import (
+    assert_float64_exact,
+    assert_same_objects,
+    assert_untouched,
+    count_dropin_rotations,
+    module_objects,
+)
 
 transformers.logging.set_verbosity_error()
 
@@ -62,12 +68,7 @@ SIDE = 4  # 32 / 8 patches per side
 FAMILIES = ("llama4", "llama4_text", "llama4_vision_model")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,18 +112,6 @@ def output(model: nn.Module, x: dict[str, Any]) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
-def count_rotations(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    calls: list[bool] = []
-    real = dropins.apply_rope_qk
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs.get("interleaved", False))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(dropins, "apply_rope_qk", counting)
-    return calls
-
-
 # Rotations per forward: 3 RoPE text layers (the 4th is NoPE), 2 vision layers.
 LAYERS = {"llama4": 5, "llama4_text": 3, "llama4_vision_model": 2}
 
@@ -154,7 +143,7 @@ def test_outputs_match_unpatched(fam: str, monkeypatch: pytest.MonkeyPatch) -> N
     model, x = build(fam), inputs(fam)
     want = output(model, x)
     patch(model)
-    calls = count_rotations(monkeypatch)
+    calls = count_dropin_rotations(monkeypatch)
     got = output(model, x)
     assert calls == [True] * LAYERS[fam]  # every RoPE layer, once, interleaved pairs
     err = float((got - want).abs().max())
@@ -309,12 +298,7 @@ def test_float64_patched_matches_float64_oracle(fam: str, monkeypatch: pytest.Mo
     monkeypatch.setattr(ml, "apply_rotary_emb", text_rotation64)
     monkeypatch.setattr(ml, "vision_apply_rotary_emb", vision_rotation64)
     want = output(oracle, x)
-    unpatched_err = float((unpatched_err_model - want).abs().max())
-    got = output(patch(copy.deepcopy(base)), x)
-    err = float((got - want).abs().max())
-    assert got.dtype == F64
-    assert err <= 1e-12, err
-    assert err < unpatched_err / 100, (err, unpatched_err)
+    assert_float64_exact(output(patch(copy.deepcopy(base)), x), want, unpatched_err_model)
 
 
 # ---------------------------------------------------------------------------------------
@@ -323,17 +307,13 @@ def test_float64_patched_matches_float64_oracle(fam: str, monkeypatch: pytest.Mo
 
 def test_unpatch_restores_objects_and_forward() -> None:
     model = build("llama4")
-    before = {name: m for name, m in model.named_modules()}
-    forwards = {name: m.__dict__.get("forward") for name, m in model.named_modules()}
+    before = module_objects(model)
     patch(model)
     assert is_patched(model)
     assert sum(type(m).__module__ == "ropekit.hf.dropins" for m in model.modules()) == 2
     unpatch(model)
     assert not is_patched(model)
-    after = {name: m for name, m in model.named_modules()}
-    assert after.keys() == before.keys()
-    assert all(after[k] is before[k] for k in before)
-    assert all(m.__dict__.get("forward") is forwards[k] for k, m in after.items())
+    assert_same_objects(model, before)
 
 
 def test_patch_twice_refused() -> None:
@@ -452,9 +432,7 @@ def test_gemma4_outputs_match_unpatched(fam: str, monkeypatch: pytest.MonkeyPatc
     model, x = g4_build(fam), g4_inputs(fam)
     want = g4_output(model, x)
     patch(model)
-    calls: list[int] = []
-    real = dropins.apply_rope
-    monkeypatch.setattr(dropins, "apply_rope", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_dropin_rotations(monkeypatch, "apply_rope")
     got = g4_output(model, x)
     assert len(calls) == G4_LAYERS[fam]
     rel = float((got - want).abs().max() / want.abs().max())
@@ -525,24 +503,16 @@ def test_gemma4_float64_patched_matches_float64_oracle(fam: str) -> None:
             elif isinstance(child, mg.Gemma4VisionRotaryEmbedding):
                 setattr(parent, name, G4VisionOracle())
     want = g4_output(oracle, x)
-    unpatched_err = float((g4_output(base, x) - want).abs().max())
-    got = g4_output(patch(copy.deepcopy(base)), x)
-    err = float((got - want).abs().max())
-    assert got.dtype == F64
-    assert err <= 1e-12, err
-    assert err < unpatched_err / 100, (err, unpatched_err)
+    assert_float64_exact(g4_output(patch(copy.deepcopy(base)), x), want, g4_output(base, x))
 
 
 def test_gemma4_unpatch_restores_objects() -> None:
     model = g4_build("gemma4_vision")
-    before = {name: m for name, m in model.named_modules()}
-    forwards = {name: m.__dict__.get("forward") for name, m in model.named_modules()}
+    before = module_objects(model)
     patch(model)
     assert isinstance(model.encoder.rotary_emb, dropins.AxesTables)
     unpatch(model)
-    after = {name: m for name, m in model.named_modules()}
-    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
-    assert all(m.__dict__.get("forward") is forwards[k] for k, m in after.items())
+    assert_same_objects(model, before)
 
 
 def test_gemma4_misread_vision_theta_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -588,9 +558,7 @@ def test_gemma4_composite_patches_both_towers(monkeypatch: pytest.MonkeyPatch) -
     patch(model)
     swapped = [type(m).__name__ for m in model.modules() if type(m).__module__ == dropins.__name__]
     assert len(swapped) == 2, swapped  # the text tables per layer type, the vision grid tables
-    calls: list[int] = []
-    real = dropins.apply_rope
-    monkeypatch.setattr(dropins, "apply_rope", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_dropin_rotations(monkeypatch, "apply_rope")
     got_text, got_vision = run()
     assert len(calls) == G4_LAYERS["gemma4_text"] + G4_LAYERS["gemma4_vision"]
     for got, want, fam in ((got_text, want_text, "gemma4_text"), (got_vision, want_vision, "gemma4_vision")):

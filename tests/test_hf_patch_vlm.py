@@ -38,11 +38,16 @@ import torch
 import transformers
 from torch import nn
 
-import ropekit.hf.dropins as dropins
 import ropekit.hf.patching as rt
 from ropekit import RopeValueError
 from ropekit.hf import is_patched, patch, patched, unpatch
-from tests.conftest import assert_untouched
+from tests.conftest import (
+    assert_float64_exact,
+    assert_same_objects,
+    assert_untouched,
+    count_dropin_rotations,
+    module_objects,
+)
 
 transformers.logging.set_verbosity_error()
 
@@ -57,12 +62,7 @@ QWEN = tuple(SECTIONS)
 FAMILIES = (*QWEN, "pixtral", "dinov3_vit", "gemma3_text", "gemma3")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,18 +170,6 @@ def modeling(fam: str) -> Any:
     return importlib.import_module(f"transformers.models.{name}.modeling_{name}")
 
 
-def count_rotations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = dropins.apply_rope_qk
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(dropins, "apply_rope_qk", counting)
-    return calls
-
-
 # Rotations per forward: attention layers, the Qwen-VL vision tower (2 blocks) once for
 # the images and once for the videos, plus 2 text layers.
 LAYERS = {"qwen2_vl": 6, "qwen2_5_vl": 6, "qwen3_vl": 6, "pixtral": 2, "dinov3_vit": 2,
@@ -209,7 +197,7 @@ def test_outputs_match_unpatched(fam: str, monkeypatch: pytest.MonkeyPatch) -> N
     model, x = build(fam), inputs(fam)
     want = output(model, x)
     patch(model)
-    calls = count_rotations(monkeypatch)
+    calls = count_dropin_rotations(monkeypatch)
     got = output(model, x)
     assert len(calls) == LAYERS[fam]  # every attention layer rotated by ropekit, once
     err = float((got - want).abs().max())
@@ -398,12 +386,8 @@ def test_float64_patched_matches_float64_oracle(fam: str, monkeypatch: pytest.Mo
     if fam in QWEN:  # transformers' vision rotation computes in float32: use float64 here
         monkeypatch.setattr(modeling(fam), "apply_rotary_pos_emb_vision", rotate_half64)
     want = output(oracle, x)
-    unpatched_err = float((output(base, x) - want).abs().max())
-    got = output(patch(copy.deepcopy(base)), x)
-    err = float((got - want).abs().max())
-    assert got.dtype == F64
-    assert err <= 1e-12, err
-    assert err < unpatched_err / 100 or unpatched_err < 1e-10, (err, unpatched_err)
+    unpatched = output(base, x)
+    assert_float64_exact(output(patch(copy.deepcopy(base)), x), want, unpatched, floor=1e-10)
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,17 +397,13 @@ def test_float64_patched_matches_float64_oracle(fam: str, monkeypatch: pytest.Mo
 @pytest.mark.parametrize("fam", ("qwen2_5_vl", "dinov3_vit"))
 def test_unpatch_restores_objects_and_forward(fam: str) -> None:
     model = build(fam)
-    before = {name: m for name, m in model.named_modules()}
-    forwards = {name: m.__dict__.get("forward") for name, m in model.named_modules()}
+    before = module_objects(model)
     patch(model)
     assert is_patched(model)
     assert any(type(m).__module__ == "ropekit.hf.dropins" for m in model.modules())
     unpatch(model)
     assert not is_patched(model)
-    after = {name: m for name, m in model.named_modules()}
-    assert after.keys() == before.keys()
-    assert all(after[k] is before[k] for k in before)
-    assert all(m.__dict__.get("forward") is forwards[k] for k, m in after.items())
+    assert_same_objects(model, before)
 
 
 @pytest.mark.parametrize("fam", ("qwen3_vl", "pixtral"))

@@ -66,15 +66,10 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one intra-op thread is ~100x faster on a shared, busy machine than two
-    # fighting for the cores, and the subprocesses below run with OMP_NUM_THREADS=1 too, so
-    # in-process references and killed CLI runs compute the same sums in the same order.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One intra-op thread (tests/conftest.py): the subprocesses below run with
+# OMP_NUM_THREADS=1 too, so in-process references and killed CLI runs compute the same
+# sums in the same order.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sha256(data: bytes) -> str:

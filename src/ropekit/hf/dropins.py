@@ -71,7 +71,7 @@ from ..axes.config import AxesConfig
 from ..axes.positions import llama4_vision_positions, patch_centers
 from ..axes.tables import axis_bands, cos_sin
 from ..config import RopeConfig
-from ..errors import RopeValueError
+from ..errors import RopeValueError, check_tensor
 from ..modules.rotary import KeptFrequencies
 from ..tables.cos_sin import cos_sin as cos_sin_1d
 from ..tables.cos_sin import position_tables
@@ -292,22 +292,26 @@ class ComplexTables(KeptFrequencies):
                 f"config={config!r} is not allowed: expected a RopeConfig with "
                 "interleaved=True (Llama 4's complex form pairs lanes (2j, 2j + 1))"
             )
-        super().__init__(config)
+        # kept tables of the first positions, as hf.RotaryTables (CPU positions there are
+        # gathered rows)
+        super().__init__(config, kept_positions=None)
         self.n_pairs = config.n_pairs
 
     def extra_repr(self) -> str:
         return repr(self.config)
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        check_tensor("position_ids", position_ids)
         dtype = compute_dtype(x.dtype)
+        got = self._kept_rows(position_ids) if dtype is torch.float32 else None
+        if got is not None:
+            return torch.complex(*got)
         if self._frequencies is None:
             inv_freq, factor = self.config.frequencies(int(position_ids.max()) + 1)
             cos, sin = cos_sin_1d(inv_freq, position_ids, attention_factor=factor, dtype=dtype)
         else:
             inv_freq, fine = self._on(position_ids.device)
-            rows = self._rows if fine is self._fine else None
-            cos, sin = position_tables(inv_freq, position_ids, self._frequencies[1], fine,
-                                       dtype, rows)  # fmt: skip
+            cos, sin = position_tables(inv_freq, position_ids, self._frequencies[1], fine, dtype)
         return torch.complex(cos, sin)
 
 

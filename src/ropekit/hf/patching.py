@@ -480,18 +480,29 @@ def patch(model: nn.Module) -> nn.Module:
         cls: _rebind_globals(cls.forward, overrides) for cls in {type(m) for m in attention}
     }
 
-    # Every check passed: change the model. A rotary module referenced from several places
-    # (e.g. a multi-token-prediction head sharing it) gets one shared replacement.
-    rotary_ids = {id(m) for m in rotary}
+    # Every check passed: change the model (model.modules() lists each rotary module once).
+    return _install(model, rope, {id(m): RotaryTables(rope) for m in rotary}, attention, forwards)
+
+
+def _install(
+    model: nn.Module,
+    rope: RopeConfig | None,
+    replacements: dict[int, nn.Module],
+    attention: list[nn.Module],
+    forwards: dict[type, Callable[..., Any]],
+) -> nn.Module:
+    """Swap every reference to a rotary module for ``replacements[id(module)]`` (a module
+    referenced from several places, e.g. a multi-token-prediction head sharing it, gets
+    its one replacement everywhere), bind the re-bound ``forwards`` on each attention
+    module, and record it all for :func:`unpatch`. Only after every check passed."""
     swaps = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent._modules.items()
-        if id(child) in rotary_ids
+        if id(child) in replacements
     ]
-    replacements: dict[int, RotaryTables] = {}
     for parent, name, child in swaps:
-        setattr(parent, name, replacements.setdefault(id(child), RotaryTables(rope)))
+        setattr(parent, name, replacements[id(child)])
     scoped: list[tuple[nn.Module, Any]] = []
     for module in attention:
         scoped.append((module, module.__dict__.get("forward")))
@@ -634,21 +645,8 @@ def _patch_family(model: nn.Module, family: Family) -> nn.Module:
         cls: _rebind_globals(cls.forward, overrides) for cls in {type(m) for m in attention}
     }
 
-    # Every check passed: change the model (as the 1-D patch does).
-    swaps = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent._modules.items()
-        if id(child) in replacements
-    ]
-    for parent, name, child in swaps:
-        setattr(parent, name, replacements[id(child)])
-    scoped: list[tuple[nn.Module, Any]] = []
-    for module in attention:
-        scoped.append((module, module.__dict__.get("forward")))
-        module.forward = types.MethodType(forwards[type(module)], module)
-    setattr(model, _RECORD_ATTR, _Patch(None, swaps, scoped))
-    return model
+    # Every check passed: change the model.
+    return _install(model, None, replacements, attention, forwards)
 
 
 def unpatch(model: nn.Module) -> nn.Module:

@@ -91,7 +91,6 @@ class RotaryTables(KeptFrequencies):
             if got is not None:
                 return got
         inv_freq, fine = self._on(position_ids.device)  # [2n]: both halves at once
-        rows = self._rows if fine is self._fine else None
         return position_tables(
-            inv_freq, position_ids, self._frequencies[1], fine, compute_dtype(x.dtype), rows
+            inv_freq, position_ids, self._frequencies[1], fine, compute_dtype(x.dtype)
         )

@@ -58,19 +58,14 @@ from ..config import RopeConfig
 from ..errors import RopeValueError, check_int, check_tensor
 from ..positions import Positions
 from ..tables.cos_sin import (
-    DecodeRows,
     cos_sin,
     cos_sin_range,
-    decode_rows,
     fine_table,
     range_tables,
 )
 
 __all__ = ["KeptFrequencies", "RotaryEmbedding", "fixed_frequencies"]
 
-# Positions whose hi trig a module keeps (decode_rows): from 8192 (128 KiB at 64 pairs)
-# up to the config's max_position, at most 65536 (1 MiB).
-_DECODE_ROWS_MIN, _DECODE_ROWS_MAX = 2**13, 2**16
 # Positions whose float32 tables RotaryEmbedding keeps by default: the config's
 # max_position, at least 4096 and at most 32768 (2-16 MiB at 64 pairs).
 _KEPT_MIN, _KEPT_MAX = 2**12, 2**15
@@ -136,7 +131,7 @@ class KeptFrequencies(nn.Module):
         kept_positions = _kept_positions(config, kept_positions)
         self._config = config
         self._frequencies = fixed_frequencies(config)  # float64, CPU: the master copy
-        self._inv_freq = self._fine = self._fine_master = self._rows = None
+        self._inv_freq = self._fine = self._fine_master = None
         self._kept_master: tuple[torch.Tensor, torch.Tensor] | None = None
         self._kept = self._kept_master
         if self._frequencies is not None:
@@ -152,7 +147,6 @@ class KeptFrequencies(nn.Module):
             # so a call does trig only for its own blocks (ropekit.tables).
             self._fine_master = fine_table(inv, attention_factor=factor)
             self._inv_freq, self._fine = inv, self._fine_master
-            self._rows = self._decode_rows()  # views of them, for decode-size tables
             if kept_positions:
                 # The tables of positions 0 .. L-1, as any call would build them (the same
                 # function of (m, theta_i), bit for bit): calls inside [0, L) slice them.
@@ -160,12 +154,6 @@ class KeptFrequencies(nn.Module):
                     inv, 0, kept_positions, factor, self._fine_master, torch.float32
                 )
                 self._kept = self._kept_master
-
-    def _decode_rows(self) -> DecodeRows:
-        # hi trig up to the configured context (at least 8192, at most 65536 positions:
-        # <= 1 MiB at 64 pairs), the same pure function of the config as inv_freq
-        limit = min(max(self._config.max_position or 0, _DECODE_ROWS_MIN), _DECODE_ROWS_MAX)
-        return decode_rows(self._inv_freq, self._fine, limit)
 
     @property
     def config(self) -> RopeConfig:
@@ -212,7 +200,6 @@ class KeptFrequencies(nn.Module):
             if probe.device != self._inv_freq.device:  # (.half(), .float(): nothing to do)
                 self._inv_freq = self._frequencies[0].to(probe.device)
                 self._fine = self._fine_master.to(probe.device)
-                self._rows = self._decode_rows()
                 if self._kept_master is not None:
                     cos, sin = self._kept_master
                     self._kept = cos.to(probe.device), sin.to(probe.device)
@@ -383,10 +370,7 @@ class RotaryEmbedding(KeptFrequencies):
                     dtype=dtype, fine_table=fine,
                 )  # fmt: skip
             else:  # the arguments cos_sin_range would check are the module's own (no grad)
-                rows = self._rows if fine is self._fine else None
-                cos, sin = range_tables(
-                    inv_freq, where.offset, s, self._frequencies[1], fine, dtype, rows
-                )  # fmt: skip
+                cos, sin = range_tables(inv_freq, where.offset, s, self._frequencies[1], fine, dtype)
             rows_ndim = 1
         else:
             rows = where.rows(q.device)  # int64 [s], [b, s] or [t]

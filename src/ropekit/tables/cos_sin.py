@@ -52,14 +52,13 @@ head_dim 128, 150 random positions per range; the bounds are asserted in
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 
 from ..errors import RopeValueError, check_float, check_float_dtype, check_int, check_tensor
 from ..frequencies.base import MAX_EXACT_POSITION
 
-__all__ = ["BLOCK", "DecodeRows", "check_positions", "cos_sin", "cos_sin_range", "decode_rows", "fine_table", "position_tables", "range_tables"]
+__all__ = ["BLOCK", "check_positions", "cos_sin", "cos_sin_range", "fine_table", "position_tables", "range_tables"]
 
 #: Block size of the angle-addition split ``m = hi + lo`` (``hi`` a multiple of it).
 #: Part of the definition of the tables' values: changing it changes their last bits.
@@ -219,29 +218,22 @@ def _range_grid(
     table: torch.Tensor | None,
     dtype: torch.dtype,
     out: torch.Tensor | None = None,
-    rows: DecodeRows | None = None,
 ) -> torch.Tensor:
     """``[2, length, n]`` tables of ``dtype`` for positions ``start ..`` (``start >= 0``).
 
     Block ``k`` of the grid holds positions ``(k0 + k) * B + j``, ``j < B``: ``hi`` trig
     once per block, ``lo`` trig once per ``j``. Written into ``out`` when given.
-    ``rows``: :func:`decode_rows` of ``freqs`` and ``table``, for one-block tables.
     """
     n = freqs.shape[0]
     k0, j0 = divmod(start, BLOCK)
     blocks = (j0 + length - 1) // BLOCK + 1
     if blocks == 1:  # decode and short tables: one hi, no grid
-        if rows is not None and length == 1:
-            p, q = rows.lo[j0]
-        elif table is None:
+        if table is None:
             p, q = _lo_fine(freqs, j0, j0 + length, factor)
         else:
             p, q = table[:, :, BLOCK - 1 + j0 : BLOCK - 1 + j0 + length]
-        if rows is not None and k0 < len(rows.hi):
-            c_hi, s_hi = rows.hi[k0]
-        else:
-            angle = freqs * float(k0 * BLOCK)
-            c_hi, s_hi = torch.cos(angle), torch.sin(angle)
+        angle = freqs * float(k0 * BLOCK)
+        c_hi, s_hi = torch.cos(angle), torch.sin(angle)
         # _combine, with the sum rounded straight into the result (float64 sum, then one
         # rounding to dtype, as .to(dtype) would): at decode sizes every op is ~1 us
         x = c_hi * p
@@ -347,7 +339,6 @@ def _cpu_tables(
     factor: float,
     table: torch.Tensor | None,
     dtype: torch.dtype,
-    rows: DecodeRows | None = None,
 ) -> torch.Tensor | None:
     """``[2, *P, n]`` tables for CPU positions outside torch.compile, structure read from
     the data (aranges: the grid; other integers: gathered rows); None for small or
@@ -363,7 +354,7 @@ def _cpu_tables(
         first = int(values[0])
         if first < 0 or values != list(range(first, first + len(values))):
             return None
-        got = _range_grid(freqs, first, len(values), factor, table, dtype, rows=rows)
+        got = _range_grid(freqs, first, len(values), factor, table, dtype)
         return got if positions.ndim == 1 else got.view(2, *positions.shape, n)
     check_positions(positions)
     if positions.is_floating_point() and not bool((positions == positions.trunc()).all()):
@@ -404,37 +395,6 @@ def fine_table(inv_freq: torch.Tensor, *, attention_factor: float = 1.0) -> torc
     j = torch.arange(-(BLOCK - 1), BLOCK, dtype=torch.float64, device=freqs.device)
     angle = j.unsqueeze(-1) * freqs
     return _fine_rows(torch.cos(angle), torch.sin(angle), attention_factor)
-
-
-class DecodeRows(NamedTuple):
-    """Views for building one-block tables without view ops or ``hi`` trig (modules).
-
-    ``lo[j] = (P, Q)``, each ``[2, 1, n]``: rows ``lo = j`` of a :func:`fine_table`
-    (``P = f (cos, sin)(j θ)``, ``Q = f (-sin, cos)(j θ)``); ``hi[k] = (C, S)``, each
-    ``[n]``: ``cos``/``sin`` of ``k B θ``, the grid's ``hi`` trig, for ``k < len(hi)``.
-    """
-
-    lo: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-    hi: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-
-
-def decode_rows(freqs: torch.Tensor, table: torch.Tensor, positions: int) -> DecodeRows:
-    """:class:`DecodeRows` of float64 ``freqs`` ``[n]`` and their ``table``
-    (:func:`fine_table`), with ``hi`` trig for positions below ``positions``
-    (``2 * B * n * ceil(positions / B)`` float64: 1 MiB for 65536 positions at n = 64).
-
-    For modules that build tables of one position per decoded token: every torch op
-    costs ~1 us at that size, and these save five (a slice and an unbind of the fine
-    table, the ``hi`` angle's product, cos and sin). The values are those the grid computes (the same float64 products and
-    trig), so a decode step stays a row of a prefill bit for bit.
-    """
-    blocks = -(-positions // BLOCK)
-    angle = (torch.arange(blocks, dtype=torch.float64, device=freqs.device) * BLOCK).unsqueeze(-1) * freqs
-    c_hi, s_hi = torch.cos(angle), torch.sin(angle)  # [blocks, n]
-    lo = tuple(
-        tuple(table[:, :, BLOCK - 1 + j : BLOCK + j].unbind(0)) for j in range(BLOCK)
-    )
-    return DecodeRows(lo, tuple(zip(c_hi.unbind(0), s_hi.unbind(0), strict=True)))  # type: ignore[arg-type]
 
 
 def cos_sin(
@@ -493,11 +453,10 @@ def position_tables(
     factor: float,
     table: torch.Tensor | None,
     dtype: torch.dtype,
-    rows: DecodeRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`cos_sin` for callers that hold checked frequencies: float64 ``freqs``
-    ``[n]`` and ``table`` (:func:`fine_table` of them, or None; ``rows``
-    :func:`decode_rows` of both) on ``positions``' device, a floating ``dtype``. The
+    ``[n]`` and ``table`` (:func:`fine_table` of them, or None) on ``positions``' device,
+    a floating ``dtype``. The
     positions are checked here (dtype, and values where they can be read). For modules,
     which validate their frequencies once at construction."""
     _check_positions_dtype(positions)
@@ -508,7 +467,7 @@ def position_tables(
         and positions.numel()
         and not _needs_grad(freqs)
     ):
-        both = _cpu_tables(freqs, positions, factor, table, dtype, rows)  # checks values
+        both = _cpu_tables(freqs, positions, factor, table, dtype)  # checks values
     else:
         check_positions(positions)
     if both is None:
@@ -574,7 +533,6 @@ def range_tables(
     factor: float,
     table: torch.Tensor | None,
     dtype: torch.dtype,
-    rows: DecodeRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`cos_sin_range` for callers that hold checked arguments (eager, no grad):
     float64 ``freqs`` ``[n]``, ``table`` from :func:`fine_table` of them (or None) on
@@ -594,5 +552,5 @@ def range_tables(
         p = torch.arange(start, start + length, device=freqs.device)  # int64
         both = _per_token(freqs, p, factor, table).to(dtype)
     else:
-        both = _range_grid(freqs, start, length, factor, table, dtype, rows=rows)
+        both = _range_grid(freqs, start, length, factor, table, dtype)
     return both.unbind(0)

@@ -54,8 +54,6 @@ _FLAG_SETS = (
     (*_EXACT, "-DROPEKIT_NO_FLOAT16"),
 )
 _MAX_TENSORS = 8  # per call (MAX_TENSORS in rope_cpu.c)
-# The call's header, int64 each, before the records (ropekit_rotate in rope_cpu.c).
-_HEADER = ("ntensors", "dtype", "n", "d", "interleaved", "inverse", "threads")
 _TOO_MANY_DIMS = 3  # status: more than MAX_DIMS batch dims after merging
 # Below this many elements in one call a second thread costs more than it saves.
 _PARALLEL_MIN_ELEMENTS = 1 << 15
@@ -67,7 +65,7 @@ class _Kernel:
         self.lib = ctypes.CDLL(str(path))
         fn = self.lib.ropekit_rotate
         fn.restype = ctypes.c_int
-        # one int64 array: the header (_HEADER), then a _record per tensor
+        # one int64 array: a header of seven values, then a _record per tensor (pack)
         fn.argtypes = [ctypes.c_void_p]
         self.rotate = fn
         self.float16 = bool(self.lib.ropekit_has_float16())
@@ -327,7 +325,10 @@ def rotate_cpu(
     # records is most of the Python work of a call.
     elements = 0
     n = c.shape[-1]
-    call = [len(xs), code, n, d, interleaved, inverse, 1]  # _HEADER (bools pack as 0/1)
+    # ropekit_rotate's header: ntensors, dtype, n, d, interleaved, inverse, threads (the
+    # bools pack as 0/1; threads is set below), then the records
+    header = [len(xs), code, n, d, interleaved, inverse, 1]
+    call = list(header)
     cp, sp, cnd = c.data_ptr(), s.data_ptr(), c.ndim
     ctail = (*c.shape, *cst, *sst)
     split = len(xs) > _MAX_TENSORS
@@ -355,7 +356,7 @@ def rotate_cpu(
     if status == _TOO_MANY_DIMS:  # rare layouts: contiguous copies, which always fit
         elements = sum(x.numel() for x in xs)
         dense = [_dense(x, y, c, s) for x, y in zip(xs, outs, strict=True)]
-        call = [len(xs), code, n, d, interleaved, inverse, 1]
+        call = list(header)
         for t in dense:
             call += _record(*t)
         if elements >= _PARALLEL_MIN_ELEMENTS:
